@@ -1,0 +1,222 @@
+"""The ``anymask`` command.
+
+    anymask segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... [-o DIR]
+    anymask weights list | fetch NAME | path NAME
+    anymask models
+
+Every error anymask raises on purpose is printed on one line (``anymask: error: ...``) and ends the
+command with a non-zero exit code; argument errors exit with 2, as argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import AnymaskError, OutputError, PromptError
+
+logger = logging.getLogger("anymask")
+
+SAVE_KINDS = ("mask", "cutout", "overlay", "json")
+
+
+def _parse_numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts:
+        raise PromptError(f"bad {what} {text!r}: expected {' or '.join(map(str, counts))} comma-separated numbers")
+    return values
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anymask",
+        description="Promptable image segmentation with the Segment Anything family (SAM, MobileSAM, LiteMedSAM).",
+    )
+    parser.add_argument("--version", action="version", version=f"anymask {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment an image from point and box prompts",
+        description="Segment one image from clicks and/or boxes and write the mask, an RGBA cut-out, an overlay "
+        "and a JSON record (score, bbox, area, COCO RLE, polygons). Coordinates are pixels of the image as "
+        "stored on disk after EXIF rotation: x = column, y = row, origin top-left.",
+    )
+    seg.add_argument("image", help="image file (JPEG, PNG, BMP, TIFF, WebP, ...)")
+    seg.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
+                     help="a click; LABEL 1 = foreground (default), 0 = background. Repeat for several points.")
+    seg.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                     help="a box in XYXY pixels. Repeat for several objects: one mask per box (points, if any, "
+                     "apply to every box).")
+    seg.add_argument("--model", default="mobile_sam",
+                     help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
+    seg.add_argument("--checkpoint", metavar="PATH",
+                     help="use this local checkpoint file instead of the catalogue's sources")
+    seg.add_argument("--no-verify", action="store_true",
+                     help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights); "
+                     "keys and shapes are still checked")
+    group = seg.add_mutually_exclusive_group()
+    group.add_argument("--multimask", dest="multimask", action="store_true", default=None,
+                       help="predict 3 candidate masks per object and keep the best-scored (JSON lists all). "
+                       "Default: on for a single click without a box, off otherwise.")
+    group.add_argument("--single-mask", dest="multimask", action="store_false",
+                       help="predict one mask per object")
+    seg.add_argument("-o", "--output", default="out", metavar="DIR", help="output directory (default: ./out)")
+    seg.add_argument("--save", default=",".join(SAVE_KINDS), metavar="KINDS",
+                     help="comma-separated outputs to write: mask (PNG 0/255), cutout (RGBA PNG cropped to the "
+                     "object), overlay (PNG of the image with masks, points and boxes), json (default: all)")
+    seg.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+    weights = commands.add_parser("weights", help="list, fetch and locate model checkpoints",
+                                  description="Checkpoints are verified by sha256 and cached in $ANYMASK_HOME "
+                                  "(default ~/.cache/anymask); $ANYMASK_WEIGHTS_DIR is searched first.")
+    wcmd = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    wcmd.add_parser("list", help="the catalogue: name, file, size, licence, whether cached")
+    fetch = wcmd.add_parser("fetch", help="obtain, verify and cache a checkpoint")
+    fetch.add_argument("name", help="catalogue name (see 'anymask weights list')")
+    fetch.add_argument("--force", action="store_true", help="download again even if cached")
+    path = wcmd.add_parser("path", help="print the local path of a verified checkpoint (no download)")
+    path.add_argument("name", help="catalogue name")
+
+    commands.add_parser("models", help="list the models anymask can build")
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .images import load_image
+    from .models import load_model
+    from .outputs import mask_record, save_cutout, save_mask_png, save_overlay, write_json
+    from .predictor import Predictor
+
+    kinds = [k.strip() for k in args.save.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(SAVE_KINDS))
+    if unknown or not kinds:
+        raise PromptError(f"--save takes a comma-separated subset of {','.join(SAVE_KINDS)}, got {args.save!r}")
+    points = [_parse_numbers(p, (2, 3), "--point") for p in args.point]
+    boxes = [_parse_numbers(b, (4,), "--box") for b in args.box]
+    if not points and not boxes:
+        raise PromptError("give at least one --point or --box")
+    for p in points:
+        if len(p) == 3 and p[2] not in (0.0, 1.0):
+            raise PromptError(f"point label must be 1 (foreground) or 0 (background), got {p[2]:g}")
+
+    out_dir = Path(args.output)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from exc
+
+    image = load_image(args.image)
+    model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,
+                       device=args.device, progress=not args.quiet)
+    predictor = Predictor(model)
+    predictor.set_image(image)
+
+    multimask = args.multimask if args.multimask is not None else (len(points) == 1 and not boxes)
+    coords = np.array([p[:2] for p in points]) if points else None
+    labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points]) if points else None
+    box_arg = np.array(boxes) if boxes else None
+    masks, scores, _ = predictor.predict(points=coords, labels=labels, box=box_arg, multimask=multimask)
+    if box_arg is None or len(boxes) == 1:
+        masks, scores = masks[None] if masks.ndim == 3 else masks, scores[None] if scores.ndim == 1 else scores
+    best = scores.argmax(axis=1)  # (objects,)
+    chosen = masks[np.arange(len(masks)), best]  # (objects, H, W)
+
+    stem = Path(args.image).stem
+    suffix = (lambda i: "") if len(chosen) == 1 else (lambda i: f"_{i}")
+    written: list[Path] = []
+    if "mask" in kinds:
+        for i, m in enumerate(chosen):
+            written.append(save_mask_png(out_dir / f"{stem}_mask{suffix(i)}.png", m))
+    if "cutout" in kinds:
+        for i, m in enumerate(chosen):
+            written.append(save_cutout(out_dir / f"{stem}_cutout{suffix(i)}.png", image, m))
+    if "overlay" in kinds:
+        written.append(save_overlay(out_dir / f"{stem}_overlay.png", image, chosen, points=coords, labels=labels,
+                                    boxes=box_arg))
+    if "json" in kinds:
+        objects = []
+        for i in range(len(masks)):
+            candidates = [mask_record(masks[i, c], float(scores[i, c]), index=c) for c in range(masks.shape[1])]
+            objects.append({
+                "object": i,
+                "box": boxes[i] if boxes else None,
+                "selected": int(best[i]),
+                "masks": candidates,
+            })
+        record = {
+            "image": str(args.image),
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "model": model.spec.name,
+            "anymask_version": __version__,
+            "points": [{"x": p[0], "y": p[1], "label": int(p[2]) if len(p) == 3 else 1} for p in points],
+            "boxes": boxes,
+            "multimask": bool(multimask),
+            "objects": objects,
+        }
+        written.append(write_json(out_dir / f"{stem}.json", record))
+    for i in range(len(chosen)):
+        logger.info("object %d: score %.3f, area %d px", i, scores[i, best[i]], int(chosen[i].sum()))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    from . import weights
+
+    if args.weights_command == "list":
+        print(weights.format_table(weights.list_entries()))
+    elif args.weights_command == "fetch":
+        print(weights.fetch(args.name, force=args.force, progress=not args.quiet))
+    else:
+        print(weights.resolve(args.name, download=False, progress=False))
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .models import get_model_spec, list_models
+
+    for name in list_models():
+        spec = get_model_spec(name)
+        aliases = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
+        print(f"{name:<12} {spec.image_size:>5} px  weights={spec.weights:<12} {spec.description}{aliases}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``anymask`` command; returns the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    runners = {"segment": _run_segment, "weights": _run_weights, "models": _run_models}
+    try:
+        return runners[args.command](args)
+    except AnymaskError as exc:
+        message = "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
+        print(f"anymask: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("anymask: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Mask decoder of SAM: image embedding + prompt embeddings -> mask logits and IoU estimates."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+
+__all__ = ["MLP", "MaskDecoder"]
+
+
+class MaskDecoder(nn.Module):
+    """Predict masks from an image embedding and a batch of prompts.
+
+    Learned output tokens (one IoU token and ``num_multimask_outputs + 1`` mask tokens) are
+    prepended to the prompt tokens and run through the two-way transformer with the image
+    embedding. The image embedding is then upscaled 4x, and each mask token is turned by its own
+    small MLP (a hypernetwork) into per-pixel weights whose dot product with the upscaled features
+    gives that mask's logits. The IoU token predicts the quality of every mask.
+
+    Mask 0 is the single-mask answer; masks ``1..num_multimask_outputs`` are the ambiguity-aware
+    alternatives.
+
+    Args:
+        transformer_dim: Channel width ``C`` of the transformer (256 in SAM).
+        transformer: The two-way transformer, ``(B,C,h,w), (B,C,h,w), (B,T,C) -> (B,T,C), (B,hw,C)``.
+        num_multimask_outputs: Number of alternative masks.
+        activation: Activation class of the upscaling path.
+        iou_head_depth: Number of linear layers of the IoU head.
+        iou_head_hidden_dim: Hidden width of the IoU head.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_mask_tokens = num_multimask_outputs + 1
+
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            activation(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict masks for ``B`` prompts on one image.
+
+        Args:
+            image_embeddings: ``(1, C, h, w)`` from the image encoder (repeated once per prompt).
+            image_pe: ``(1, C, h, w)`` dense positional encoding (``PromptEncoder.get_dense_pe``).
+            sparse_prompt_embeddings: ``(B, N, C)`` point and box tokens.
+            dense_prompt_embeddings: ``(B, C, h, w)`` mask-prompt embedding.
+            multimask_output: Return the ``num_multimask_outputs`` alternatives instead of the
+                single mask.
+
+        Returns:
+            Mask logits ``(B, M, 4h, 4w)`` and predicted IoU ``(B, M)``, with ``M`` 1 or
+            ``num_multimask_outputs``.
+        """
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou_pred[:, selected]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``num_mask_tokens`` masks ``(B, T_m, 4h, 4w)`` and IoU predictions ``(B, T_m)``."""
+        num_prompts = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
+        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)  # (B, T, C)
+
+        # Every prompt gets its own copy of the image embedding.
+        src = torch.repeat_interleave(image_embeddings, num_prompts, dim=0) + dense_prompt_embeddings
+        pos_src = torch.repeat_interleave(image_pe, num_prompts, dim=0)
+        batch, channels, height, width = src.shape
+
+        tokens_out, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = tokens_out[:, 0, :]
+        mask_tokens_out = tokens_out[:, 1 : 1 + self.num_mask_tokens, :]
+
+        src = src.transpose(1, 2).reshape(batch, channels, height, width)
+        upscaled = self.output_upscaling(src)  # (B, C / 8, 4h, 4w)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )  # (B, T_m, C / 8)
+        batch, up_channels, up_h, up_w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_h * up_w)).reshape(
+            batch, -1, up_h, up_w
+        )
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        return masks, iou_pred
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them: ``(..., input_dim) -> (..., output_dim)``."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        widths = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip(widths[:-1], widths[1:])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < last:
+                x = F.relu(x)
+        return x

@@ -1,0 +1,368 @@
+"""Promptable segmentation of one image: :class:`Predictor` and :class:`ImageEmbedding`.
+
+The image encoder runs once per image (:meth:`Predictor.set_image`) and yields an :class:`ImageEmbedding`;
+each prompt is then decoded in milliseconds (:meth:`Predictor.predict`).
+
+Coordinate conventions (all at the API edge, in pixels of the *original* image):
+
+- points are ``(x, y)`` with x the column and y the row, floats allowed, ``0 <= x <= W`` and ``0 <= y <= H``;
+- labels are ``1`` (foreground) or ``0`` (background);
+- boxes are XYXY ``(x0, y0, x1, y1)`` with ``x0 <= x1`` and ``y0 <= y1``, inside the image;
+- masks are ``(..., H, W)`` bool, low-resolution logits ``(..., 256, 256)`` float32 in the frame of the
+  resized and padded model input (feed them back as ``mask_input``).
+
+This module is the one place that turns original-image pixels into model-input pixels and back.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import __version__
+from .errors import ModelError, PromptError
+from .fileio import atomic_write_bytes
+from .images import load_image
+from .models import ModelSpec
+from .modeling import Sam
+
+LOW_RES = 256  # side of the low-resolution mask logits
+
+
+def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Shape ``(h, w)`` of an image resized so that its longer side is ``long_side`` (aspect kept)."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+@dataclass
+class ImageEmbedding:
+    """The encoder's output for one image, enough to decode prompts without the encoder.
+
+    Attributes:
+        features: ``(1, 256, 64, 64)`` float32 image embedding.
+        original_size: ``(H, W)`` of the image given to :meth:`Predictor.set_image`.
+        input_size: ``(h, w)`` of the image after resizing, before padding to the model's square input.
+        model: registry name of the model that produced it.
+    """
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    model: str
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the embedding to ``path`` (a ``.npz`` file, written atomically) and return the path."""
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            features=np.asarray(self.features, dtype=np.float32),
+            original_size=np.asarray(self.original_size, dtype=np.int64),
+            input_size=np.asarray(self.input_size, dtype=np.int64),
+            model=np.asarray(self.model),
+            anymask_version=np.asarray(__version__),
+        )
+        return atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ImageEmbedding":
+        """Read an embedding written by :meth:`save`.
+
+        Raises:
+            ModelError: the file is missing, not an embedding file, or malformed.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                features = data["features"].astype(np.float32)
+                original_size = tuple(int(v) for v in data["original_size"])
+                input_size = tuple(int(v) for v in data["input_size"])
+                model = str(data["model"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"{path} is not an anymask embedding file: {exc}") from exc
+        if features.ndim != 4 or features.shape[:2] != (1, 256) or len(original_size) != 2:
+            raise ModelError(f"{path} holds an embedding of unexpected shape {features.shape}")
+        return cls(features, original_size, input_size, model)  # type: ignore[arg-type]
+
+
+class Predictor:
+    """Segment one image at a time from point, box and mask prompts, SAM style.
+
+    Example::
+
+        predictor = Predictor(load_model("mobile_sam"))
+        predictor.set_image("photo.jpg")
+        masks, scores, logits = predictor.predict(points=[(320, 240)], labels=[1])
+        # masks: (3, H, W) bool; scores: (3,); logits: (3, 256, 256)
+    """
+
+    def __init__(self, model: Sam, spec: ModelSpec | None = None) -> None:
+        """Args:
+        model: a network from :func:`anymask.load_model`.
+        spec: its :class:`~anymask.models.ModelSpec`; taken from ``model.spec`` when not given.
+        """
+        spec = spec or getattr(model, "spec", None)
+        if spec is None:
+            raise ModelError("the model has no spec: build it with anymask.load_model() or pass spec=")
+        self.model = model.eval()
+        self.spec: ModelSpec = spec
+        self._embedding: ImageEmbedding | None = None
+        self._features: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------------------------------------------
+    # Image
+    # ---------------------------------------------------------------------------------------------------
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resize (longest side to the model's size, bilinear), normalise and pad an RGB image.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB.
+
+        Returns:
+            ``(1, 3, S, S)`` float32 tensor (S = ``spec.image_size``, zero padding at the bottom and right)
+            and the resized size ``(h, w)`` before padding.
+        """
+        size = self.spec.image_size
+        h, w = resized_shape(image.shape[0], image.shape[1], size)
+        resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
+        if self.spec.normalization == "min_max":
+            low, high = x.min(), x.max()
+            x = (x - low) / torch.clamp(high - low, min=1e-8)
+        else:
+            mean = torch.tensor(self.spec.pixel_mean, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.spec.pixel_std, device=self.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        x = F.pad(x, (0, size - w, 0, size - h))
+        return x, (h, w)
+
+    @torch.inference_mode()
+    def set_image(self, image: Any) -> ImageEmbedding:
+        """Run the image encoder on ``image`` and keep its embedding for :meth:`predict`.
+
+        Args:
+            image: a file path, a ``PIL.Image`` or an ``(H, W, 3)`` uint8 RGB array (other layouts are
+                converted by the rules of :func:`anymask.images.load_image`).
+
+        Returns:
+            The :class:`ImageEmbedding`, which can be saved and given back with :meth:`set_embedding`.
+        """
+        rgb = load_image(image)
+        x, input_size = self.preprocess(rgb)
+        features = self.model.image_encoder(x)
+        embedding = ImageEmbedding(
+            features=features.cpu().numpy(),
+            original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+            input_size=input_size,
+            model=self.spec.name,
+        )
+        self._embedding, self._features = embedding, features
+        return embedding
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use a previously computed embedding (e.g. from :meth:`ImageEmbedding.load`) without the encoder.
+
+        Raises:
+            ModelError: the embedding was made by another model.
+        """
+        if embedding.model != self.spec.name:
+            raise ModelError(f"embedding was made by {embedding.model!r}, this predictor runs {self.spec.name!r}")
+        self._embedding = embedding
+        self._features = torch.from_numpy(np.ascontiguousarray(embedding.features)).to(self.device)
+
+    @property
+    def embedding(self) -> ImageEmbedding:
+        """The current image's embedding. Raises :class:`PromptError` if no image is set."""
+        if self._embedding is None:
+            raise PromptError("no image is set: call set_image() or set_embedding() first")
+        return self._embedding
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self._embedding, self._features = None, None
+
+    # ---------------------------------------------------------------------------------------------------
+    # Prompts
+    # ---------------------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        points: Any = None,
+        labels: Any = None,
+        box: Any = None,
+        mask_input: Any = None,
+        multimask: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for prompts on the current image.
+
+        Args:
+            points: ``(N, 2)`` ``(x, y)`` pixels, or ``(B, N, 2)`` for a batch of B prompts. With a batch of
+                boxes, ``(N, 2)`` points are shared by every box.
+            labels: ``(N,)`` (or ``(B, N)``) values 1 = foreground, 0 = background; default all foreground.
+            box: one XYXY box ``(4,)`` or several ``(B, 4)``. Several boxes give one set of masks per box.
+            mask_input: low-resolution logits from an earlier call, ``(1, 256, 256)`` / ``(256, 256)``, or
+                ``(B, 1, 256, 256)`` for a batch.
+            multimask: return 3 candidate masks per prompt (best for ambiguous single clicks) instead of 1.
+            return_logits: return full-resolution float logits instead of bool masks.
+
+        Returns:
+            ``(masks, scores, logits)``. For a single prompt: ``masks (C, H, W)`` bool, ``scores (C,)``
+            predicted IoU, ``logits (C, 256, 256)``; for a batch of B prompts (a 2-D ``box`` or 3-D
+            ``points``): ``(B, C, H, W)``, ``(B, C)``, ``(B, C, 256, 256)``. C is 3 with ``multimask`` else 1.
+
+        Raises:
+            PromptError: no image set, no prompt, or malformed / out-of-range prompts.
+        """
+        coords, point_labels, boxes, masks_in, batched = self._validate(points, labels, box, mask_input)
+        masks, scores, low_res = self._decode(coords, point_labels, boxes, masks_in, multimask, return_logits)
+        masks_np = masks.cpu().numpy() if return_logits else masks.cpu().numpy().astype(bool)
+        scores_np, low_np = scores.float().cpu().numpy(), low_res.float().cpu().numpy()
+        if not batched:
+            return masks_np[0], scores_np[0], low_np[0]
+        return masks_np, scores_np, low_np
+
+    def _validate(self, points: Any, labels: Any, box: Any, mask_input: Any):
+        """Check prompts at the edge; return numpy arrays with a leading batch dim and the batched flag."""
+        height, width = self.embedding.original_size
+        if points is None and box is None and mask_input is None:
+            raise PromptError("no prompt given: pass points (with labels), a box, or a mask_input")
+        if labels is not None and points is None:
+            raise PromptError("labels given without points")
+
+        boxes = None
+        batched = False
+        if box is not None:
+            boxes = _as_float_array(box, "box")
+            if boxes.ndim == 1:
+                boxes = boxes[None]
+            else:
+                batched = True
+            if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
+                raise PromptError(f"box must have shape (4,) or (B, 4), got {np.shape(box)}")
+            if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
+                raise PromptError("boxes must be XYXY with x0 <= x1 and y0 <= y1")
+            _check_inside(boxes.reshape(-1, 2), width, height, "box")
+
+        coords = point_labels = None
+        if points is not None:
+            coords = _as_float_array(points, "points")
+            if coords.ndim == 2:
+                coords = coords[None]
+            elif coords.ndim == 3:
+                batched = True
+            if coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[1] == 0:
+                raise PromptError(f"points must have shape (N, 2) or (B, N, 2), got {np.shape(points)}")
+            if labels is None:
+                point_labels = np.ones(coords.shape[:2], dtype=np.int64)
+            else:
+                point_labels = np.asarray(labels)
+                if point_labels.ndim == coords.ndim - 2:
+                    point_labels = point_labels[None]
+                if point_labels.shape != coords.shape[:2]:
+                    raise PromptError(
+                        f"points and labels do not match: {coords.shape[1]} point(s) but labels of shape "
+                        f"{np.shape(labels)}"
+                    )
+                if not np.all(np.isin(point_labels, (0, 1))):
+                    raise PromptError("labels must be 1 (foreground) or 0 (background)")
+                point_labels = point_labels.astype(np.int64)
+            _check_inside(coords.reshape(-1, 2), width, height, "point")
+
+        masks_in = None
+        if mask_input is not None:
+            masks_in = _as_float_array(mask_input, "mask_input")
+            while masks_in.ndim < 4:
+                masks_in = masks_in[None]
+            if masks_in.ndim != 4 or masks_in.shape[1:] != (1, LOW_RES, LOW_RES):
+                raise PromptError(
+                    f"mask_input must be low-res logits of shape (1, {LOW_RES}, {LOW_RES}) or "
+                    f"(B, 1, {LOW_RES}, {LOW_RES}), got {np.shape(mask_input)}"
+                )
+
+        sizes = {len(a) for a in (boxes, coords, masks_in) if a is not None}
+        batch = max(sizes)
+        if sizes - {1, batch}:
+            raise PromptError(f"prompt batch sizes differ: {sorted(sizes)}")
+        if coords is not None and len(coords) != batch:
+            coords = np.repeat(coords, batch, axis=0)
+            point_labels = np.repeat(point_labels, batch, axis=0)
+        if boxes is not None and len(boxes) != batch:
+            boxes = np.repeat(boxes, batch, axis=0)
+        if masks_in is not None and len(masks_in) != batch:
+            masks_in = np.repeat(masks_in, batch, axis=0)
+        return coords, point_labels, boxes, masks_in, batched
+
+    @torch.inference_mode()
+    def _decode(self, coords, point_labels, boxes, masks_in, multimask: bool, return_logits: bool):
+        """Run prompt encoder + mask decoder on validated numpy prompts (batch-first)."""
+        device = self.device
+        scale = self._scale()
+        points_t = boxes_t = masks_t = None
+        if coords is not None:
+            points_t = (
+                torch.as_tensor(coords * scale, dtype=torch.float32, device=device),
+                torch.as_tensor(point_labels, dtype=torch.int64, device=device),
+            )
+        if boxes is not None:
+            boxes_t = torch.as_tensor(boxes.reshape(-1, 2, 2) * scale, dtype=torch.float32, device=device)
+            boxes_t = boxes_t.reshape(-1, 4)
+        if masks_in is not None:
+            masks_t = torch.as_tensor(masks_in, dtype=torch.float32, device=device)
+        sparse, dense = self.model.prompt_encoder(points=points_t, boxes=boxes_t, masks=masks_t)
+        low_res, scores = self.model.mask_decoder(
+            image_embeddings=self._features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        masks = self.upscale(low_res)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res
+
+    def _scale(self) -> np.ndarray:
+        """Factors ``(sx, sy)`` from original-image pixels to model-input pixels."""
+        (height, width), (h, w) = self.embedding.original_size, self.embedding.input_size
+        return np.array([w / width, h / height], dtype=np.float64)
+
+    def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res logits ``(B, C, 256, 256)`` -> logits ``(B, C, H, W)`` at the original image size."""
+        size = self.spec.image_size
+        h, w = self.embedding.input_size
+        x = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+        x = x[..., :h, :w]
+        return F.interpolate(x, self.embedding.original_size, mode="bilinear", align_corners=False)
+
+
+def _as_float_array(value: Any, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"{name} must be numeric: {exc}") from exc
+    if not np.all(np.isfinite(array)):
+        raise PromptError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _check_inside(xy: np.ndarray, width: int, height: int, name: str) -> None:
+    outside = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)
+    if np.any(outside):
+        x, y = xy[np.argmax(outside)]
+        raise PromptError(f"{name} ({x:g}, {y:g}) lies outside the {width}x{height} image")
+
+
+__all__ = ["Predictor", "ImageEmbedding", "resized_shape"]
