@@ -42,10 +42,17 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"anymask {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    # the same options after the command name (`anymask segment ... -v`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv for debug)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only errors; no progress bars")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     seg = commands.add_parser(
         "segment",
+        parents=[common],
         help="segment an image from point and box prompts",
         description="Segment one image from clicks and/or boxes and write the mask, an RGBA cut-out, an overlay "
         "and a JSON record (score, bbox, area, COCO RLE, polygons). Coordinates are pixels of the image as "
@@ -76,18 +83,18 @@ def _build_parser() -> argparse.ArgumentParser:
                      "object), overlay (PNG of the image with masks, points and boxes), json (default: all)")
     seg.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
-    weights = commands.add_parser("weights", help="list, fetch and locate model checkpoints",
+    weights = commands.add_parser("weights", parents=[common], help="list, fetch and locate model checkpoints",
                                   description="Checkpoints are verified by sha256 and cached in $ANYMASK_HOME "
                                   "(default ~/.cache/anymask); $ANYMASK_WEIGHTS_DIR is searched first.")
     wcmd = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     wcmd.add_parser("list", help="the catalogue: name, file, size, licence, whether cached")
-    fetch = wcmd.add_parser("fetch", help="obtain, verify and cache a checkpoint")
+    fetch = wcmd.add_parser("fetch", parents=[common], help="obtain, verify and cache a checkpoint")
     fetch.add_argument("name", help="catalogue name (see 'anymask weights list')")
     fetch.add_argument("--force", action="store_true", help="download again even if cached")
     path = wcmd.add_parser("path", help="print the local path of a verified checkpoint (no download)")
     path.add_argument("name", help="catalogue name")
 
-    commands.add_parser("models", help="list the models anymask can build")
+    commands.add_parser("models", parents=[common], help="list the models anymask can build")
     return parser
 
 
