@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,15 @@ def _parse_numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]
     if len(values) not in counts:
         raise PromptError(f"bad {what} {text!r}: expected {' or '.join(map(str, counts))} comma-separated numbers")
     return values
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """Fail before any work if ``out_dir`` could not be created or written; create nothing yet."""
+    existing = out_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output directory {out_dir}: {existing} is not a writable directory")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -124,10 +134,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             raise PromptError(f"point label must be 1 (foreground) or 0 (background), got {p[2]:g}")
 
     out_dir = Path(args.output)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from exc
+    _check_output_dir(out_dir)
 
     image = load_image(args.image)
     model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,

@@ -24,7 +24,9 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["CHUNK_SIZE", "Client", "SourceFailed", "copy_verified", "download", "redact", "remove_stale_temps", "short"]
+__all__ = [
+    "CHUNK_SIZE", "Client", "SourceFailed", "copy_verified", "download_to", "redact", "remove_stale_temps", "short",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ CHUNK_SIZE = 1 << 20
 STALE_TEMP_AGE = 24 * 3600.0
 #: suffixes of the temporary files that downloads write (see :func:`anymask.fileio.atomic_write`)
 TEMP_SUFFIXES = (".tmp", ".part")
+#: what reading a response, or a member of an archive, raises when the data is cut short or damaged
+_READ_ERRORS = (OSError, EOFError, zlib.error, http.client.HTTPException, tarfile.TarError, zipfile.BadZipFile)
 
 
 class SourceFailed(Exception):
@@ -170,13 +174,14 @@ def copy_verified(
         show = False
     digest = hashlib.sha256()
     count = 0
-    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not show, leave=False) as bar:
+    bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not show, leave=False)
+    with bar:
         while True:
             try:
                 chunk = source.read(CHUNK_SIZE)
             except (socket.timeout, TimeoutError):
                 raise SourceFailed(f"transfer stalled for {READ_TIMEOUT:.0f} s after {count:,} bytes") from None
-            except (OSError, EOFError, zlib.error, http.client.HTTPException, tarfile.TarError, zipfile.BadZipFile) as exc:
+            except _READ_ERRORS as exc:
                 raise SourceFailed(f"read failed after {count:,} bytes: {exc or type(exc).__name__}") from None
             if not chunk:
                 break
@@ -194,7 +199,7 @@ def copy_verified(
         raise SourceFailed(f"{what}sha256 mismatch: got {short(digest.hexdigest())}, expected {short(sha256)}")
 
 
-def download(
+def download_to(
     client: Client,
     url: str,
     target: IO[bytes],

@@ -214,14 +214,15 @@ class Predictor:
             labels: ``(N,)`` (or ``(B, N)``) values 1 = foreground, 0 = background; default all foreground.
             box: one XYXY box ``(4,)`` or several ``(B, 4)``. Several boxes give one set of masks per box.
             mask_input: low-resolution logits from an earlier call, ``(1, 256, 256)`` / ``(256, 256)``, or
-                ``(B, 1, 256, 256)`` for a batch.
+                ``(B, 1, 256, 256)`` for a batch (a 4-D mask input always makes the call a batch).
             multimask: return 3 candidate masks per prompt (best for ambiguous single clicks) instead of 1.
             return_logits: return full-resolution float logits instead of bool masks.
 
         Returns:
             ``(masks, scores, logits)``. For a single prompt: ``masks (C, H, W)`` bool, ``scores (C,)``
-            predicted IoU, ``logits (C, 256, 256)``; for a batch of B prompts (a 2-D ``box`` or 3-D
-            ``points``): ``(B, C, H, W)``, ``(B, C)``, ``(B, C, 256, 256)``. C is 3 with ``multimask`` else 1.
+            predicted IoU, ``logits (C, 256, 256)``; for a batch of B prompts (a 2-D ``box``, 3-D
+            ``points`` or 4-D ``mask_input``): ``(B, C, H, W)``, ``(B, C)``, ``(B, C, 256, 256)``.
+            C is 3 with ``multimask`` else 1.
 
         Raises:
             PromptError: no image set, no prompt, or malformed / out-of-range prompts.
@@ -284,6 +285,7 @@ class Predictor:
         masks_in = None
         if mask_input is not None:
             masks_in = _as_float_array(mask_input, "mask_input")
+            batched = batched or masks_in.ndim == 4
             while masks_in.ndim < 4:
                 masks_in = masks_in[None]
             if masks_in.ndim != 4 or masks_in.shape[1:] != (1, LOW_RES, LOW_RES):
