@@ -29,13 +29,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _timing_images() -> list[Path]:
-    from conftest import SHARED_DATA
+    from benchmarks.datasets import SHARED_DATA
 
     images = [ROOT / "examples" / "astronaut.png"]
     if SHARED_DATA.is_dir():
@@ -93,11 +92,9 @@ def child_timing(impl: str, repeats: int) -> dict:
 
 def child_parity() -> dict:
     """Runs in a fresh process: both implementations on real images, worst-case agreement per prompt."""
-    from conftest import SHARED_DATA, read_index
-
     from anymask import Predictor, load_model, weights
-    from anymask.images import load_image
     from benchmarks import reference
+    from benchmarks.datasets import SHARED_DATA, read_index
 
     if not SHARED_DATA.is_dir():
         return {}
@@ -105,23 +102,8 @@ def child_parity() -> dict:
     ours = Predictor(load_model("mobile_sam", checkpoint=checkpoint))
     ref = reference.reference_predictor("mobile_sam", checkpoint)
     rows = read_index(SHARED_DATA / "grabcut")[::10][:5] + read_index(SHARED_DATA / "berkeley")[::20][:5]
-    rows += read_index(SHARED_DATA / "davis2016_val")[::300][:5]
-    kinds = ["point", "multi_point", "box", "box_point", "boxes", "mask_input"]
-    results = {k: reference.Agreement() for k in kinds}
-    from conftest import load_mask
-
-    for n, row in enumerate(rows):
-        image = load_image(row["image"])
-        ours.set_image(image)
-        ref.set_image(image)
-        box = np.array([row["bbox_x0"], row["bbox_y0"], row["bbox_x1"] + 1, row["bbox_y1"] + 1], float)
-        prompts = reference.prompt_suite(load_mask(row["mask"]), box, seed=n)
-        for kind, kwargs in prompts.items():
-            results[kind].update(ours.predict(**kwargs), reference.run_reference(ref, **kwargs))
-        first = ours.predict(**prompts["point"])
-        kwargs = dict(points=prompts["multi_point"]["points"], labels=[1, 1, 0],
-                      mask_input=first[2][np.argmax(first[1])][None], multimask=False)
-        results["mask_input"].update(ours.predict(**kwargs), reference.run_reference(ref, **kwargs))
+    rows += read_index(SHARED_DATA / "davis2016_val")[::150][:5]
+    results = reference.compare_on(ours, ref, rows)
     return {"images": len(rows), "kinds": {k: {"predictions": r.count, "masks_compared": len(r.ious),
                                                 "min_iou": r.min_iou, "mean_iou": float(np.mean(r.ious)),
                                                 "max_score_diff": r.max_score_diff,
@@ -129,8 +111,8 @@ def child_parity() -> dict:
                                             for k, r in results.items()}}
 
 
-def _run_child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+def _run_child(args: list[str], python: str = sys.executable) -> dict:
+    out = subprocess.run([python, __file__, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -153,6 +135,12 @@ def _markdown(result: dict) -> str:
                      f"{b['click_ms'] / a['click_ms']:.2f}x |")
     lines += ["", f"Peak RSS of the whole process: anymask {ours['peak_rss_mb']:.0f} MB, "
               f"reference {ref['peak_rss_mb']:.0f} MB.", ""]
+    product = result.get("anymask_product")
+    if product:
+        lines += [f"anymask as users install it (torch {product['torch']}, no torchvision), same run:", "",
+                  "| image | encoder (ms) | click (ms) |", "|---|---|---|"]
+        lines += [f"| {r['image']} | {r['encoder_ms']:.0f} | {r['click_ms']:.1f} |" for r in product["rows"]]
+        lines += ["", f"Peak RSS: {product['peak_rss_mb']:.0f} MB.", ""]
     parity = result.get("parity") or {}
     if parity:
         lines += [f"## Parity on {parity['images']} real images (GrabCut, Berkeley, DAVIS)", "",
@@ -168,6 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per image for the encoder (x3 for clicks)")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity measurement")
+    parser.add_argument("--product-python", metavar="PYTHON",
+                        help="also time anymask under this interpreter (e.g. .venv/bin/python from scripts/demo.sh, "
+                        "torch 2.13 CPU as users install it); the reference needs the test environment")
     parser.add_argument("--child", choices=["anymask", "reference", "parity"], help=argparse.SUPPRESS)
     parser.add_argument("-o", "--output", default=str(RESULTS / "core"), help="results path without suffix")
     args = parser.parse_args()
@@ -181,6 +172,9 @@ def main() -> None:
         "anymask": _run_child(["--child", "anymask", "--repeats", str(args.repeats)]),
         "reference": _run_child(["--child", "reference", "--repeats", str(args.repeats)]),
     }
+    if args.product_python:
+        result["anymask_product"] = _run_child(["--child", "anymask", "--repeats", str(args.repeats)],
+                                               python=args.product_python)
     if not args.no_parity:
         result["parity"] = _run_child(["--child", "parity"])
     from anymask.fileio import atomic_write_text

@@ -131,3 +131,34 @@ class Agreement:
         self.max_score_diff = max(self.max_score_diff, float(np.abs(scores_a - scores_b).max()))
         self.max_logit_diff = max(self.max_logit_diff, float(np.abs(low_a - low_b).max()))
         self.count += 1
+
+
+PROMPT_KINDS = ("point", "multi_point", "box", "box_point", "boxes", "mask_input")
+
+
+def compare_on(ours, ref, instances: list[dict], kinds=PROMPT_KINDS) -> dict[str, Agreement]:
+    """Run anymask's predictor ``ours`` and the official ``ref`` on the same images and prompts.
+
+    ``instances`` are index rows (see :mod:`benchmarks.datasets`) with an image, a ground-truth mask and
+    its box; prompts come from :func:`prompt_suite`. ``mask_input`` feeds the best low-res logits of a first
+    click (anymask's, given to both) back with the multi-point prompt.
+    """
+    from anymask.images import load_image
+
+    from .datasets import box_of, load_mask
+
+    results = {kind: Agreement() for kind in kinds}
+    for n, row in enumerate(instances):
+        image = load_image(row["image"])
+        ours.set_image(image)
+        ref.set_image(image)
+        prompts = prompt_suite(load_mask(row["mask"]), box_of(row), seed=n)
+        for kind, kwargs in prompts.items():
+            if kind in results:
+                results[kind].update(ours.predict(**kwargs), run_reference(ref, **kwargs))
+        if "mask_input" in results:
+            first = ours.predict(**prompts["point"])
+            kwargs = dict(points=prompts["multi_point"]["points"], labels=[1, 1, 0],
+                          mask_input=first[2][np.argmax(first[1])][None], multimask=False)
+            results["mask_input"].update(ours.predict(**kwargs), run_reference(ref, **kwargs))
+    return results

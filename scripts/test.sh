@@ -15,5 +15,5 @@ fi
 pip_install() { "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 pip_install torch==2.14.1 torchvision==0.29.1
 pip_install -e ".[test]"
-"$venv/bin/python" -c "import anymask, torch, torchvision, segment_anything, mobile_sam" 
+"$venv/bin/python" -W ignore -c "import anymask, torch, torchvision, segment_anything, mobile_sam"
 exec "$venv/bin/python" -m pytest "$@"

@@ -7,15 +7,16 @@ anymask's own weights manager (cache: ``$ANYMASK_HOME``, default ``~/.cache/anym
 
 from __future__ import annotations
 
-import csv
-import os
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("ANYMASK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.datasets import SHARED_DATA, load_mask, read_index  # noqa: E402,F401 (re-exported to tests)
+
 EXAMPLE_IMAGE = REPO_ROOT / "examples" / "astronaut.png"
 
 
@@ -31,19 +32,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"evaluation data not found at {SHARED_DATA}")
     return SHARED_DATA
-
-
-def read_index(folder: Path) -> list[dict]:
-    """Rows of a data set's ``index.csv`` with paths made absolute and numbers as ints."""
-    rows = []
-    with open(folder / "index.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            row["image"] = folder / row["image"]
-            row["mask"] = folder / row["mask"]
-            for key in ("width", "height", "fg_pixels", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"):
-                row[key] = int(row[key])
-            rows.append(row)
-    return rows
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +73,3 @@ def predictor(mobile_sam):
     p = Predictor(mobile_sam)
     p.set_image(EXAMPLE_IMAGE)
     return p
-
-
-def load_mask(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("L")) > 127

@@ -8,14 +8,7 @@ IoU >= 0.999, predicted IoU scores and low-res logits within 1e-3.
 
 from __future__ import annotations
 
-import sys
-
-import numpy as np
 import pytest
-
-from conftest import REPO_ROOT, load_mask
-
-sys.path.insert(0, str(REPO_ROOT))
 
 pytest.importorskip("segment_anything")
 pytest.importorskip("mobile_sam")
@@ -25,29 +18,6 @@ pytestmark = [pytest.mark.reference, pytest.mark.slow]
 
 MIN_IOU = 0.999
 MAX_DIFF = 1e-3
-
-
-def _compare_on(ours, ref, instances, kinds):
-    from anymask.images import load_image
-
-    results = {kind: reference.Agreement() for kind in kinds}
-    for n, row in enumerate(instances):
-        image = load_image(row["image"])
-        ours.set_image(image)
-        ref.set_image(image)
-        mask = load_mask(row["mask"])
-        box = np.array([row["bbox_x0"], row["bbox_y0"], row["bbox_x1"] + 1, row["bbox_y1"] + 1], dtype=np.float64)
-        prompts = reference.prompt_suite(mask, box, seed=n)
-        for kind, kwargs in prompts.items():
-            if kind in results:
-                results[kind].update(ours.predict(**kwargs), reference.run_reference(ref, **kwargs))
-        if "mask_input" in results:
-            first = ours.predict(**prompts["point"])
-            logits = first[2][np.argmax(first[1])][None]
-            kwargs = dict(points=prompts["multi_point"]["points"], labels=[1, 1, 0], mask_input=logits,
-                          multimask=False)
-            results["mask_input"].update(ours.predict(**kwargs), reference.run_reference(ref, **kwargs))
-    return results
 
 
 def _assert_agree(results):
@@ -66,8 +36,7 @@ def test_mobile_sam_matches_reference(predictor, mobile_sam_checkpoint, real_ins
     ours = Predictor(predictor.model)
     ref = reference.reference_predictor("mobile_sam", mobile_sam_checkpoint)
     assert len(real_instances) >= 10
-    results = _compare_on(ours, ref, real_instances,
-                          ["point", "multi_point", "box", "box_point", "boxes", "mask_input"])
+    results = reference.compare_on(ours, ref, real_instances)
     _assert_agree(results)
 
 
@@ -78,5 +47,5 @@ def test_vit_b_matches_reference_with_seeded_weights(real_instances):
     ref = reference.reference_predictor("vit_b", seed=1234)
     model = load_model("vit_b", pretrained=False)
     load_state_dict_strict(model, ref.model.state_dict())
-    results = _compare_on(Predictor(model), ref, real_instances[:2], ["point", "box", "mask_input"])
+    results = reference.compare_on(Predictor(model), ref, real_instances[:2], ["point", "box", "mask_input"])
     _assert_agree(results)

@@ -215,6 +215,15 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(message: str) -> str:
+    """A multi-line error message (e.g. a list of sources tried) folded into one line."""
+    lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()]
+    folded = lines[0] if lines else ""
+    for line in lines[1:]:
+        folded += (" " if folded.endswith(":") else "; ") + line.lstrip("-* ")
+    return folded
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anymask`` command; returns the exit code."""
     parser = _build_parser()
@@ -224,8 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runners[args.command](args)
     except AnymaskError as exc:
-        message = "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
-        print(f"anymask: error: {message}", file=sys.stderr)
+        print(f"anymask: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("anymask: interrupted", file=sys.stderr)
