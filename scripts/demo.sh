@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install anymask from scratch (CPU torch) and segment the shipped photo with the default model.
+# Install anymask from scratch (torch 2.13.0; the CPU build on our machines) and segment the shipped photo with the default model.
 # The first run fetches the MobileSAM weights (40 MB, sha256-verified) into ~/.cache/anymask.
 # Outputs: out/astronaut_mask.png, out/astronaut_cutout.png, out/astronaut_overlay.png, out/astronaut.json
 set -euo pipefail

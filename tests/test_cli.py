@@ -347,3 +347,26 @@ def test_unknown_subcommand_is_an_argparse_error(capsys):
         cli.main(["frobnicate"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ edge cases
+
+
+def test_bad_device_is_one_line(tmp_path, capsys):
+    rc = cli.main(["segment", str(EXAMPLE_IMAGE), "--point", "10,20", "--device", "bogus", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == ModelError.exit_code and len(err) == 1 and err[0].startswith("anymask: error: bad device")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("prompt", [["--box", "10,10,5,5"], ["--point", "600,20"], ["--box", "0,0,600,10"]])
+def test_prompt_errors_are_found_before_the_model_is_loaded(tmp_path, capsys, monkeypatch, prompt):
+    from anymask import models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for a bad prompt")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    rc = cli.main(["segment", str(EXAMPLE_IMAGE), *prompt, "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == PromptError.exit_code and len(err) == 1 and err[0].startswith("anymask: error:")

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from anymask import Predictor, get_model_spec, list_models, load_model, weights
 from anymask.errors import ModelError, WeightsError
@@ -296,3 +297,51 @@ def test_lite_medsam_predicts_a_box_on_a_real_photo(lite_medsam_checkpoint):
     assert area > 0.4 * (237 * 172), area  # a substantial part of the box
     inside = int(mask[340:, 275:].sum())
     assert inside / area > 0.95  # and hardly anything outside it
+
+
+# ------------------------------------------------------------------------------------ edge cases
+
+
+def test_registration_is_case_insensitive(monkeypatch):
+    from anymask import models
+
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_ALIASES", dict(models._ALIASES))
+    models.register_model("MySAM", weights="mobile_sam", image_size=1024, aliases=("My_Alias",))(
+        models.build_mobile_sam)
+    for name in ("MySAM", "mysam", "MY_ALIAS"):
+        assert get_model_spec(name).name == "mysam"
+
+
+def test_spec_rejects_unknown_normalisation_and_resize():
+    with pytest.raises(ModelError, match="normalization"):
+        ModelSpec("x", lambda: None, "mobile_sam", 1024, normalization="bogus")
+    with pytest.raises(ModelError, match="resize"):
+        ModelSpec("x", lambda: None, "mobile_sam", 1024, resize="nearest")
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:0" if not torch.cuda.is_available() else "cuda:999999"])
+def test_unavailable_device_is_a_model_error(device):
+    with pytest.raises(ModelError, match="device"):
+        load_model("mobile_sam", pretrained=False, device=device)
+
+
+def test_unverified_checkpoint_may_be_a_folder(mobile_sam_checkpoint):
+    model = load_model("mobile_sam", checkpoint=mobile_sam_checkpoint.parent, verify=False)
+    ref = load_model("mobile_sam", checkpoint=mobile_sam_checkpoint)
+    key = "mask_decoder.iou_token.weight"
+    assert torch.equal(model.state_dict()[key], ref.state_dict()[key])
+
+
+def test_lite_medsam_preprocessing_follows_litemedsam(lite_medsam_checkpoint):
+    """Area-averaging resize of the longer side to 256, min-max scaling to [0, 1], zero padding."""
+    import cv2
+
+    p = Predictor(load_model("lite_medsam", checkpoint=lite_medsam_checkpoint))
+    image = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))[:300]  # 300x512 -> 150x256
+    x, (h, w) = p.preprocess(image)
+    assert x.shape == (1, 3, 256, 256) and (h, w) == (150, 256)
+    small = cv2.resize(image, (256, 150), interpolation=cv2.INTER_AREA).astype(np.float32)
+    expected = (small - small.min()) / (small.max() - small.min())
+    np.testing.assert_allclose(x[0, :, :h, :w].permute(1, 2, 0).numpy(), expected, atol=1e-6)
+    assert float(x[0, :, h:, :].abs().max()) == 0.0

@@ -398,11 +398,8 @@ def test_points_on_the_image_border_are_accepted(predictor):
 
 def test_batched_mask_input_is_not_silently_dropped(predictor):
     feedback = np.zeros((2, 1, 256, 256), dtype=np.float32)
-    try:
-        masks, scores, logits = predictor.predict(points=[SHUTTLE_CLICK], mask_input=feedback)
-    except PromptError:
-        return  # refusing is fine too
-    assert masks.shape[0] == 2 and scores.shape[0] == 2 and logits.shape[0] == 2, masks.shape
+    masks, scores, logits = predictor.predict(points=[SHUTTLE_CLICK], mask_input=feedback)
+    assert masks.shape == (2, 3, H, W) and scores.shape == (2, 3) and logits.shape == (2, 3, 256, 256)
 
 
 def _bad_image_files(tmp_path: Path) -> dict[str, Path]:
@@ -440,3 +437,78 @@ def test_bad_image_arrays(mobile_sam, array, monkeypatch):
     monkeypatch.setattr(mobile_sam.image_encoder, "forward", lambda *a, **k: 1 / 0)
     with pytest.raises(ImageError):
         Predictor(mobile_sam).set_image(array)
+
+
+# ------------------------------------------------------------------------------------ edge cases
+
+
+@pytest.mark.parametrize("shape", [(1, 3000), (3000, 1), (1, 1)])
+def test_extreme_aspect_ratios_are_encoded_and_decoded(mobile_sam, shape, monkeypatch):
+    """A 1x3000 strip would resize to 0 rows; it is kept at 1 row and predicts at full size."""
+    from anymask.predictor import resized_shape
+
+    assert min(resized_shape(*shape, 1024)) >= 1
+    p = Predictor(mobile_sam)
+    grid = torch.zeros(1, 256, 64, 64)
+    monkeypatch.setattr(mobile_sam.image_encoder, "forward", lambda x: grid)  # preprocessing is under test
+    p.set_image(np.full(shape + (3,), 128, dtype=np.uint8))
+    masks, scores, _ = p.predict(points=[(shape[1] / 2, shape[0] / 2)])
+    assert masks.shape == (3, *shape) and np.isfinite(scores).all()
+
+
+def test_shared_labels_broadcast_over_a_batch_of_points(predictor):
+    points = np.array([[SHUTTLE_CLICK, FLAG_CLICK], [FLAG_CLICK, SHUTTLE_CLICK]])
+    a = predictor.predict(points=points, labels=[1, 0], multimask=False)
+    b = predictor.predict(points=points, labels=[[1, 0], [1, 0]], multimask=False)
+    assert a[0].shape == (2, 1, H, W)
+    np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_ragged_labels_are_a_prompt_error(predictor):
+    with pytest.raises(PromptError, match="labels"):
+        predictor.predict(points=[[SHUTTLE_CLICK], [SHUTTLE_CLICK]], labels=[[1], [1, 0]])
+
+
+def test_set_embedding_copies_the_features(mobile_sam, predictor):
+    before = predictor.predict(points=[SHUTTLE_CLICK])[2]
+    p = Predictor(mobile_sam)
+    emb = dataclasses.replace(predictor.embedding, features=predictor.embedding.features.copy())
+    p.set_embedding(emb)
+    emb.features[:] = 0  # changing the caller's array afterwards must not change predictions
+    np.testing.assert_array_equal(p.predict(points=[SHUTTLE_CLICK])[2], before)
+
+
+def test_set_embedding_casts_float64_features(mobile_sam, predictor):
+    p = Predictor(mobile_sam)
+    emb = dataclasses.replace(predictor.embedding, features=predictor.embedding.features.astype(np.float64))
+    p.set_embedding(emb)
+    np.testing.assert_allclose(p.predict(points=[SHUTTLE_CLICK])[2], predictor.predict(points=[SHUTTLE_CLICK])[2],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(input_size=(256, 256)), "input_size"),
+    (dict(features=np.zeros((1, 256, 32, 32), np.float32)), "grid"),
+    (dict(original_size=(0, 512)), "original_size"),
+])
+def test_set_embedding_rejects_inconsistent_embeddings(mobile_sam, predictor, change, message):
+    with pytest.raises(ModelError, match=message):
+        Predictor(mobile_sam).set_embedding(dataclasses.replace(predictor.embedding, **change))
+
+
+@pytest.mark.parametrize("content", ["garbage", "npy", "truncated", "bad_sizes"])
+def test_loading_a_bad_embedding_file_is_a_model_error(tmp_path, predictor, content):
+    path = tmp_path / "emb.npz"
+    if content == "garbage":
+        path.write_bytes(b"PK\x03\x04 not really a zip")
+    elif content == "npy":
+        np.save(tmp_path / "emb.npy", np.zeros(3))
+        path = tmp_path / "emb.npy"
+    elif content == "truncated":
+        predictor.embedding.save(path)
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        np.savez(path, features=np.zeros((1, 256, 64, 64), np.float32), original_size=np.array(5),
+                 input_size=np.array([1]), model=np.array("mobile_sam"))
+    with pytest.raises(ModelError):
+        ImageEmbedding.load(path)

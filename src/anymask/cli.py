@@ -65,8 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="segment an image from point and box prompts",
         description="Segment one image from clicks and/or boxes and write the mask, an RGBA cut-out, an overlay "
-        "and a JSON record (score, bbox, area, COCO RLE, polygons). Coordinates are pixels of the image as "
-        "stored on disk after EXIF rotation: x = column, y = row, origin top-left.",
+        "and a JSON record (score, bbox, area, COCO RLE, polygons). Coordinates are pixels of the image as it "
+        "is displayed (EXIF orientation applied): x = column, y = row, origin top-left.",
     )
     seg.add_argument("image", help="image file (JPEG, PNG, BMP, TIFF, WebP, ...)")
     seg.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
@@ -120,6 +120,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from .models import load_model
     from .outputs import mask_record, save_cutout, save_mask_png, save_overlay, write_json
     from .predictor import Predictor
+    from .prompts import check_prompts
 
     kinds = [k.strip() for k in args.save.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(SAVE_KINDS))
@@ -137,15 +138,16 @@ def _run_segment(args: argparse.Namespace) -> int:
     _check_output_dir(out_dir)
 
     image = load_image(args.image)
+    multimask = args.multimask if args.multimask is not None else (len(points) == 1 and not boxes)
+    coords = np.array([p[:2] for p in points]) if points else None
+    labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points]) if points else None
+    box_arg = np.array(boxes) if boxes else None
+    check_prompts(coords, labels, box_arg, image_size=image.shape[:2])  # before the model is loaded
     model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,
                        device=args.device, progress=not args.quiet)
     predictor = Predictor(model)
     predictor.set_image(image)
 
-    multimask = args.multimask if args.multimask is not None else (len(points) == 1 and not boxes)
-    coords = np.array([p[:2] for p in points]) if points else None
-    labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points]) if points else None
-    box_arg = np.array(boxes) if boxes else None
     masks, scores, _ = predictor.predict(points=coords, labels=labels, box=box_arg, multimask=multimask)
     if box_arg is None or len(boxes) == 1:
         masks, scores = masks[None] if masks.ndim == 3 else masks, scores[None] if scores.ndim == 1 else scores

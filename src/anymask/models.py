@@ -54,6 +54,8 @@ class ModelSpec:
         image_size: side of the square, padded image the encoder takes (1024 for SAM and MobileSAM).
         normalization: ``"mean_std"``: ``(pixel - pixel_mean) / pixel_std`` per channel, in 0..255 units;
             ``"min_max"``: each image scaled to [0, 1] by its own minimum and maximum (LiteMedSAM).
+        resize: how the image is resized to ``image_size`` on its longer side: ``"bilinear"`` (PIL, as SAM
+            and MobileSAM) or ``"area"`` (OpenCV area averaging, as LiteMedSAM).
         pixel_mean, pixel_std: per-channel RGB statistics for ``"mean_std"``.
         aliases: other names accepted by :func:`load_model`.
         description: one line for listings.
@@ -64,10 +66,17 @@ class ModelSpec:
     weights: str
     image_size: int
     normalization: Literal["mean_std", "min_max"] = "mean_std"
+    resize: Literal["bilinear", "area"] = "bilinear"
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
     aliases: tuple[str, ...] = ()
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.normalization not in ("mean_std", "min_max"):
+            raise ModelError(f"normalization must be 'mean_std' or 'min_max', not {self.normalization!r}")
+        if self.resize not in ("bilinear", "area"):
+            raise ModelError(f"resize must be 'bilinear' or 'area', not {self.resize!r}")
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -83,7 +92,9 @@ def register_model(
     description: str = "",
     **options,
 ) -> Callable[[Callable[[], Sam]], Callable[[], Sam]]:
-    """Decorator registering a model builder under ``name`` (and ``aliases``)."""
+    """Decorator registering a model builder under ``name`` (and ``aliases``); names are case-insensitive."""
+    name = name.strip().lower()
+    aliases = tuple(a.strip().lower() for a in aliases)
 
     def decorate(builder: Callable[[], Sam]) -> Callable[[], Sam]:
         spec = ModelSpec(
@@ -199,6 +210,7 @@ def build_mobile_sam() -> Sam:
     weights="lite_medsam",
     image_size=256,
     normalization="min_max",
+    resize="area",
     aliases=("litemedsam",),
     description="LiteMedSAM: TinyViT encoder at 256 px fine-tuned on medical images (Apache-2.0)",
 )
@@ -253,21 +265,24 @@ def load_model(
         pretrained: ``False`` returns randomly initialised weights (for tests and training).
         verify: check the checkpoint's sha256 against the catalogue.
         download: allow fetching from the network when the file is not found locally.
-        device: torch device to put the model on.
+        device: torch device to put the model on (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
         progress: show a progress bar while downloading.
 
     Returns:
         The network in eval mode, with its :class:`ModelSpec` as ``model.spec``.
 
     Raises:
-        ModelError: unknown name, or a checkpoint whose keys/shapes do not match the network.
+        ModelError: unknown name, unavailable device, or a checkpoint whose keys/shapes do not match.
         WeightsError: the checkpoint cannot be obtained, fails verification, or is not a plain tensor file.
     """
     spec = get_model_spec(name)
+    device = _check_device(device)
     model = spec.builder()
     if pretrained:
         if checkpoint is not None and not verify:
             path = Path(checkpoint)
+            if path.is_dir():
+                path = path / weights.get_entry(spec.weights).filename
         else:
             path = weights.resolve(spec.weights, path=checkpoint, download=download, progress=progress)
         state_dict = weights.load_state_dict(path)
@@ -275,6 +290,19 @@ def load_model(
         logger.info("loaded %s weights from %s", spec.name, path)
     model.spec = spec  # type: ignore[attr-defined]
     return model.eval().to(device)
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that exists here, else ModelError."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelError(f"bad device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {str(device)!r} asked for, but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {str(device)!r} asked for, but MPS is not available here")
+    return device
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:

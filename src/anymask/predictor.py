@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,14 +35,17 @@ from .fileio import atomic_write_bytes
 from .images import load_image
 from .models import ModelSpec
 from .modeling import Sam
-
-LOW_RES = 256  # side of the low-resolution mask logits
+from .prompts import Prompts, check_prompts
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """Shape ``(h, w)`` of an image resized so that its longer side is ``long_side`` (aspect kept)."""
+    """Shape ``(h, w)`` of an image resized so that its longer side is ``long_side`` (aspect kept).
+
+    Rounds as the original SAM does; a side that would round to 0 (aspect ratios beyond 2 * long_side : 1)
+    is kept at 1 pixel.
+    """
     scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 @dataclass
@@ -81,15 +86,29 @@ class ImageEmbedding:
         """
         try:
             with np.load(path, allow_pickle=False) as data:
-                features = data["features"].astype(np.float32)
-                original_size = tuple(int(v) for v in data["original_size"])
-                input_size = tuple(int(v) for v in data["input_size"])
-                model = str(data["model"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise ModelError(f"{path} is not an anymask embedding file: {exc}") from exc
-        if features.ndim != 4 or features.shape[:2] != (1, 256) or len(original_size) != 2:
-            raise ModelError(f"{path} holds an embedding of unexpected shape {features.shape}")
-        return cls(features, original_size, input_size, model)  # type: ignore[arg-type]
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ValueError("not an .npz archive")
+                embedding = cls(
+                    features=np.array(data["features"], dtype=np.float32),
+                    original_size=tuple(int(v) for v in data["original_size"]),  # type: ignore[arg-type]
+                    input_size=tuple(int(v) for v in data["input_size"]),  # type: ignore[arg-type]
+                    model=str(data["model"]),
+                )
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise ModelError(f"{path} is not an anymask embedding file: {exc}") from None
+        problem = embedding.problem()
+        if problem:
+            raise ModelError(f"{path} holds a malformed embedding: {problem}")
+        return embedding
+
+    def problem(self) -> str | None:
+        """What is inconsistent in this embedding, or None when its shapes and sizes make sense."""
+        if self.features.ndim != 4 or self.features.shape[:2] != (1, 256):
+            return f"features of shape {self.features.shape}, expected (1, 256, h, w)"
+        for name, size in (("original_size", self.original_size), ("input_size", self.input_size)):
+            if len(size) != 2 or min(size) < 1:
+                return f"{name} {size} is not a (height, width) pair of positive integers"
+        return None
 
 
 class Predictor:
@@ -118,14 +137,18 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Device the model runs on."""
+        return self.model.device
 
     # ---------------------------------------------------------------------------------------------------
     # Image
     # ---------------------------------------------------------------------------------------------------
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Resize (longest side to the model's size, bilinear), normalise and pad an RGB image.
+        """Resize (longest side to the model's size), normalise and pad an RGB image.
+
+        Resizing is bilinear (PIL, as SAM and MobileSAM do) or area-averaging (OpenCV ``INTER_AREA``, as
+        LiteMedSAM does), by the model's spec.
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB.
@@ -136,7 +159,10 @@ class Predictor:
         """
         size = self.spec.image_size
         h, w = resized_shape(image.shape[0], image.shape[1], size)
-        resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        if self.spec.resize == "area":
+            resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        else:
+            resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         if self.spec.normalization == "min_max":
             low, high = x.min(), x.max()
@@ -157,13 +183,14 @@ class Predictor:
                 converted by the rules of :func:`anymask.images.load_image`).
 
         Returns:
-            The :class:`ImageEmbedding`, which can be saved and given back with :meth:`set_embedding`.
+            The :class:`ImageEmbedding` (a copy: changing it does not change this predictor), which can be
+            saved and given back with :meth:`set_embedding`.
         """
         rgb = load_image(image)
         x, input_size = self.preprocess(rgb)
         features = self.model.image_encoder(x)
         embedding = ImageEmbedding(
-            features=features.cpu().numpy(),
+            features=features.float().cpu().numpy().copy(),
             original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
             input_size=input_size,
             model=self.spec.name,
@@ -175,12 +202,22 @@ class Predictor:
         """Use a previously computed embedding (e.g. from :meth:`ImageEmbedding.load`) without the encoder.
 
         Raises:
-            ModelError: the embedding was made by another model.
+            ModelError: the embedding was made by another model, or its sizes do not fit this model.
         """
         if embedding.model != self.spec.name:
             raise ModelError(f"embedding was made by {embedding.model!r}, this predictor runs {self.spec.name!r}")
+        problem = embedding.problem()
+        grid = tuple(self.model.prompt_encoder.image_embedding_size)
+        expected_input = resized_shape(*embedding.original_size, self.spec.image_size)
+        if problem is None and tuple(embedding.features.shape[-2:]) != grid:
+            problem = f"features grid {embedding.features.shape[-2:]}, this model uses {grid}"
+        if problem is None and tuple(embedding.input_size) != expected_input:
+            problem = f"input_size {embedding.input_size}, expected {expected_input} for {embedding.original_size}"
+        if problem:
+            raise ModelError(f"embedding does not fit this predictor: {problem}")
+        dtype = next(self.model.parameters()).dtype
         self._embedding = embedding
-        self._features = torch.from_numpy(np.ascontiguousarray(embedding.features)).to(self.device)
+        self._features = torch.tensor(np.asarray(embedding.features), dtype=dtype, device=self.device)
 
     @property
     def embedding(self) -> ImageEmbedding:
@@ -227,102 +264,30 @@ class Predictor:
         Raises:
             PromptError: no image set, no prompt, or malformed / out-of-range prompts.
         """
-        coords, point_labels, boxes, masks_in, batched = self._validate(points, labels, box, mask_input)
-        masks, scores, low_res = self._decode(coords, point_labels, boxes, masks_in, multimask, return_logits)
-        masks_np = masks.cpu().numpy() if return_logits else masks.cpu().numpy().astype(bool)
+        prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size)
+        masks, scores, low_res = self._decode(prompts, multimask, return_logits)
+        masks_np = masks.float().cpu().numpy() if return_logits else masks.cpu().numpy().astype(bool)
         scores_np, low_np = scores.float().cpu().numpy(), low_res.float().cpu().numpy()
-        if not batched:
+        if not prompts.batched:
             return masks_np[0], scores_np[0], low_np[0]
         return masks_np, scores_np, low_np
 
-    def _validate(self, points: Any, labels: Any, box: Any, mask_input: Any):
-        """Check prompts at the edge; return numpy arrays with a leading batch dim and the batched flag."""
-        height, width = self.embedding.original_size
-        if points is None and box is None and mask_input is None:
-            raise PromptError("no prompt given: pass points (with labels), a box, or a mask_input")
-        if labels is not None and points is None:
-            raise PromptError("labels given without points")
-
-        boxes = None
-        batched = False
-        if box is not None:
-            boxes = _as_float_array(box, "box")
-            if boxes.ndim == 1:
-                boxes = boxes[None]
-            else:
-                batched = True
-            if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
-                raise PromptError(f"box must have shape (4,) or (B, 4), got {np.shape(box)}")
-            if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
-                raise PromptError("boxes must be XYXY with x0 <= x1 and y0 <= y1")
-            _check_inside(boxes.reshape(-1, 2), width, height, "box")
-
-        coords = point_labels = None
-        if points is not None:
-            coords = _as_float_array(points, "points")
-            if coords.ndim == 2:
-                coords = coords[None]
-            elif coords.ndim == 3:
-                batched = True
-            if coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[1] == 0:
-                raise PromptError(f"points must have shape (N, 2) or (B, N, 2), got {np.shape(points)}")
-            if labels is None:
-                point_labels = np.ones(coords.shape[:2], dtype=np.int64)
-            else:
-                point_labels = np.asarray(labels)
-                if point_labels.ndim == coords.ndim - 2:
-                    point_labels = point_labels[None]
-                if point_labels.shape != coords.shape[:2]:
-                    raise PromptError(
-                        f"points and labels do not match: {coords.shape[1]} point(s) but labels of shape "
-                        f"{np.shape(labels)}"
-                    )
-                if not np.all(np.isin(point_labels, (0, 1))):
-                    raise PromptError("labels must be 1 (foreground) or 0 (background)")
-                point_labels = point_labels.astype(np.int64)
-            _check_inside(coords.reshape(-1, 2), width, height, "point")
-
-        masks_in = None
-        if mask_input is not None:
-            masks_in = _as_float_array(mask_input, "mask_input")
-            batched = batched or masks_in.ndim == 4
-            while masks_in.ndim < 4:
-                masks_in = masks_in[None]
-            if masks_in.ndim != 4 or masks_in.shape[1:] != (1, LOW_RES, LOW_RES):
-                raise PromptError(
-                    f"mask_input must be low-res logits of shape (1, {LOW_RES}, {LOW_RES}) or "
-                    f"(B, 1, {LOW_RES}, {LOW_RES}), got {np.shape(mask_input)}"
-                )
-
-        sizes = {len(a) for a in (boxes, coords, masks_in) if a is not None}
-        batch = max(sizes)
-        if sizes - {1, batch}:
-            raise PromptError(f"prompt batch sizes differ: {sorted(sizes)}")
-        if coords is not None and len(coords) != batch:
-            coords = np.repeat(coords, batch, axis=0)
-            point_labels = np.repeat(point_labels, batch, axis=0)
-        if boxes is not None and len(boxes) != batch:
-            boxes = np.repeat(boxes, batch, axis=0)
-        if masks_in is not None and len(masks_in) != batch:
-            masks_in = np.repeat(masks_in, batch, axis=0)
-        return coords, point_labels, boxes, masks_in, batched
-
     @torch.inference_mode()
-    def _decode(self, coords, point_labels, boxes, masks_in, multimask: bool, return_logits: bool):
-        """Run prompt encoder + mask decoder on validated numpy prompts (batch-first)."""
-        device = self.device
+    def _decode(self, prompts: Prompts, multimask: bool, return_logits: bool):
+        """Run prompt encoder + mask decoder on validated prompts (batch-first)."""
+        device, dtype = self.device, self._features.dtype
         scale = self._scale()
         points_t = boxes_t = masks_t = None
-        if coords is not None:
+        if prompts.points is not None:
             points_t = (
-                torch.as_tensor(coords * scale, dtype=torch.float32, device=device),
-                torch.as_tensor(point_labels, dtype=torch.int64, device=device),
+                torch.as_tensor(prompts.points * scale, dtype=dtype, device=device),
+                torch.as_tensor(prompts.labels, dtype=torch.int64, device=device),
             )
-        if boxes is not None:
-            boxes_t = torch.as_tensor(boxes.reshape(-1, 2, 2) * scale, dtype=torch.float32, device=device)
-            boxes_t = boxes_t.reshape(-1, 4)
-        if masks_in is not None:
-            masks_t = torch.as_tensor(masks_in, dtype=torch.float32, device=device)
+        if prompts.boxes is not None:
+            boxes_t = torch.as_tensor((prompts.boxes.reshape(-1, 2, 2) * scale).reshape(-1, 4), dtype=dtype,
+                                      device=device)
+        if prompts.mask_input is not None:
+            masks_t = torch.as_tensor(prompts.mask_input, dtype=dtype, device=device)
         sparse, dense = self.model.prompt_encoder(points=points_t, boxes=boxes_t, masks=masks_t)
         low_res, scores = self.model.mask_decoder(
             image_embeddings=self._features,
@@ -348,23 +313,6 @@ class Predictor:
         x = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
         x = x[..., :h, :w]
         return F.interpolate(x, self.embedding.original_size, mode="bilinear", align_corners=False)
-
-
-def _as_float_array(value: Any, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise PromptError(f"{name} must be numeric: {exc}") from exc
-    if not np.all(np.isfinite(array)):
-        raise PromptError(f"{name} contains NaN or infinite values")
-    return array
-
-
-def _check_inside(xy: np.ndarray, width: int, height: int, name: str) -> None:
-    outside = (xy[:, 0] < 0) | (xy[:, 0] > width) | (xy[:, 1] < 0) | (xy[:, 1] > height)
-    if np.any(outside):
-        x, y = xy[np.argmax(outside)]
-        raise PromptError(f"{name} ({x:g}, {y:g}) lies outside the {width}x{height} image")
 
 
 __all__ = ["Predictor", "ImageEmbedding", "resized_shape"]

@@ -39,7 +39,3 @@ class Sam(nn.Module):
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return self.prompt_encoder.no_mask_embed.weight.device
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised input ``(B, 3, H, W)`` -> image embeddings ``(B, 256, h, w)``."""
-        return self.image_encoder(images)
