@@ -288,7 +288,7 @@ def load_model(
         state_dict = weights.load_state_dict(path)
         load_state_dict_strict(model, state_dict, source=str(path))
         logger.info("loaded %s weights from %s", spec.name, path)
-    model.spec = spec  # type: ignore[attr-defined]
+    model.spec = spec
     return model.eval().to(device)
 
 

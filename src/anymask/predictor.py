@@ -162,7 +162,7 @@ class Predictor:
         if self.spec.resize == "area":
             resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         else:
-            resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+            resized = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         if self.spec.normalization == "min_max":
             low, high = x.min(), x.max()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -23,6 +25,8 @@ class Sam(nn.Module):
     """
 
     mask_threshold: float = 0.0
+    #: the model's ``anymask.models.ModelSpec`` (how to build, load and feed it), set by ``load_model``
+    spec: Any = None
 
     def __init__(
         self,
