@@ -149,8 +149,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     predictor.set_image(image)
 
     masks, scores, _ = predictor.predict(points=coords, labels=labels, box=box_arg, multimask=multimask)
-    if box_arg is None or len(boxes) == 1:
-        masks, scores = masks[None] if masks.ndim == 3 else masks, scores[None] if scores.ndim == 1 else scores
+    if box_arg is None:  # points only: one unbatched prompt; boxes (always 2-D here) give (objects, C, ...)
+        masks, scores = masks[None], scores[None]
     best = scores.argmax(axis=1)  # (objects,)
     chosen = masks[np.arange(len(masks)), best]  # (objects, H, W)
 
