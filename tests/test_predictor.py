@@ -512,3 +512,15 @@ def test_loading_a_bad_embedding_file_is_a_model_error(tmp_path, predictor, cont
                  input_size=np.array([1]), model=np.array("mobile_sam"))
     with pytest.raises(ModelError):
         ImageEmbedding.load(path)
+
+
+def test_predict_low_res_matches_predict(predictor):
+    """The low-res path gives the same logits and scores as predict(), and the same masks once upsampled."""
+    masks, scores, logits = predictor.predict(points=[(405, 150)], labels=[1])
+    low, low_scores = predictor.predict_low_res(points=[(405, 150)], labels=[1])
+    assert low.shape == (1, 3, 256, 256) and low_scores.shape == (1, 3)
+    np.testing.assert_allclose(low[0], logits, atol=1e-5)
+    np.testing.assert_allclose(low_scores[0], scores, atol=1e-6)
+    up = predictor.masks_from_low_res(low[0])
+    assert up.shape == masks.shape and up.dtype == bool
+    assert (up == masks).mean() > 0.9999

@@ -272,9 +272,45 @@ class Predictor:
             return masks_np[0], scores_np[0], low_np[0]
         return masks_np, scores_np, low_np
 
+    def predict_low_res(
+        self,
+        points: Any = None,
+        labels: Any = None,
+        box: Any = None,
+        mask_input: Any = None,
+        multimask: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode prompts to low-resolution logits only, without upsampling to the image size.
+
+        This is the fast path for code that decides *which* masks it wants before paying for full-resolution
+        masks (the automatic mask generator, interactive sessions, video propagation). Arguments are those of
+        :meth:`predict`.
+
+        Returns:
+            ``(low_res_logits, scores)``, always batch-first: ``(B, C, 256, 256)`` float32 logits in the frame
+            of the resized and padded model input, and ``(B, C)`` float32 predicted IoU (B = 1 for a single
+            prompt). Turn logits into masks with :meth:`masks_from_low_res`.
+        """
+        prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size)
+        low_res, scores = self._decode_low_res(prompts, multimask)
+        return low_res.float().cpu().numpy(), scores.float().cpu().numpy()
+
     @torch.inference_mode()
-    def _decode(self, prompts: Prompts, multimask: bool, return_logits: bool):
-        """Run prompt encoder + mask decoder on validated prompts (batch-first)."""
+    def masks_from_low_res(self, low_res_logits: Any, return_logits: bool = False) -> np.ndarray:
+        """Upsample low-resolution logits ``(..., 256, 256)`` to the current image: ``(..., H, W)``.
+
+        Returns bool masks (logits above the model's threshold), or float32 logits with ``return_logits``.
+        """
+        low = torch.as_tensor(np.asarray(low_res_logits, dtype=np.float32), device=self.device)
+        lead = low.shape[:-2]
+        logits = self.upscale(low.reshape(-1, 1, *low.shape[-2:])).reshape(*lead, *self.embedding.original_size)
+        if return_logits:
+            return logits.float().cpu().numpy()
+        return (logits > self.model.mask_threshold).cpu().numpy()
+
+    @torch.inference_mode()
+    def _decode_low_res(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores."""
         device, dtype = self.device, self._features.dtype
         scale = self._scale()
         points_t = boxes_t = masks_t = None
@@ -289,13 +325,18 @@ class Predictor:
         if prompts.mask_input is not None:
             masks_t = torch.as_tensor(prompts.mask_input, dtype=dtype, device=device)
         sparse, dense = self.model.prompt_encoder(points=points_t, boxes=boxes_t, masks=masks_t)
-        low_res, scores = self.model.mask_decoder(
+        return self.model.mask_decoder(
             image_embeddings=self._features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
+
+    @torch.inference_mode()
+    def _decode(self, prompts: Prompts, multimask: bool, return_logits: bool):
+        """Run prompt encoder + mask decoder on validated prompts (batch-first) and upsample the masks."""
+        low_res, scores = self._decode_low_res(prompts, multimask)
         masks = self.upscale(low_res)
         if not return_logits:
             masks = masks > self.model.mask_threshold
