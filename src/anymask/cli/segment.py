@@ -1,65 +1,22 @@
-"""The ``anymask`` command.
-
-    anymask segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... [-o DIR]
-    anymask weights list | fetch NAME | path NAME
-    anymask models
-
-Every error anymask raises on purpose is printed on one line (``anymask: error: ...``) and ends the
-command with a non-zero exit code; argument errors exit with 2, as argparse does.
-"""
+"""``anymask segment``: masks for point and box prompts on one image."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from pathlib import Path
-from typing import Sequence
 
-from . import __version__
-from .errors import AnymaskError, OutputError, PromptError
+from .. import __version__
+from ..errors import PromptError
+from .common import check_output_dir, parse_numbers
 
 logger = logging.getLogger("anymask")
 
 SAVE_KINDS = ("mask", "cutout", "overlay", "json")
 
 
-def _parse_numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in counts:
-        raise PromptError(f"bad {what} {text!r}: expected {' or '.join(map(str, counts))} comma-separated numbers")
-    return values
-
-
-def _check_output_dir(out_dir: Path) -> None:
-    """Fail before any work if ``out_dir`` could not be created or written; create nothing yet."""
-    existing = out_dir
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create output directory {out_dir}: {existing} is not a writable directory")
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="anymask",
-        description="Promptable image segmentation with the Segment Anything family (SAM, MobileSAM, LiteMedSAM).",
-    )
-    parser.add_argument("--version", action="version", version=f"anymask {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
-    # the same options after the command name (`anymask segment ... -v`)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="more log output (-vv for debug)")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="only errors; no progress bars")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register the command and its options."""
     seg = commands.add_parser(
         "segment",
         parents=[common],
@@ -93,41 +50,23 @@ def _build_parser() -> argparse.ArgumentParser:
                      "object), overlay (PNG of the image with masks, points and boxes), json (default: all)")
     seg.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
-    weights = commands.add_parser("weights", parents=[common], help="list, fetch and locate model checkpoints",
-                                  description="Checkpoints are verified by sha256 and cached in $ANYMASK_HOME "
-                                  "(default ~/.cache/anymask); $ANYMASK_WEIGHTS_DIR is searched first.")
-    wcmd = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
-    wcmd.add_parser("list", help="the catalogue: name, file, size, licence, whether cached")
-    fetch = wcmd.add_parser("fetch", parents=[common], help="obtain, verify and cache a checkpoint")
-    fetch.add_argument("name", help="catalogue name (see 'anymask weights list')")
-    fetch.add_argument("--force", action="store_true", help="download again even if cached")
-    path = wcmd.add_parser("path", help="print the local path of a verified checkpoint (no download)")
-    path.add_argument("name", help="catalogue name")
-
-    commands.add_parser("models", parents=[common], help="list the models anymask can build")
-    return parser
 
 
-def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _run_segment(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .images import load_image
-    from .models import load_model
-    from .outputs import mask_record, save_cutout, save_mask_png, save_overlay, write_json
-    from .predictor import Predictor
-    from .prompts import check_prompts
+    from ..images import load_image
+    from ..models import load_model
+    from ..outputs import mask_record, save_cutout, save_mask_png, save_overlay, write_json
+    from ..predictor import Predictor
+    from ..prompts import check_prompts
 
     kinds = [k.strip() for k in args.save.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(SAVE_KINDS))
     if unknown or not kinds:
         raise PromptError(f"--save takes a comma-separated subset of {','.join(SAVE_KINDS)}, got {args.save!r}")
-    points = [_parse_numbers(p, (2, 3), "--point") for p in args.point]
-    boxes = [_parse_numbers(b, (4,), "--box") for b in args.box]
+    points = [parse_numbers(p, (2, 3), "--point") for p in args.point]
+    boxes = [parse_numbers(b, (4,), "--box") for b in args.box]
     if not points and not boxes:
         raise PromptError("give at least one --point or --box")
     for p in points:
@@ -135,7 +74,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             raise PromptError(f"point label must be 1 (foreground) or 0 (background), got {p[2]:g}")
 
     out_dir = Path(args.output)
-    _check_output_dir(out_dir)
+    check_output_dir(out_dir)
 
     image = load_image(args.image)
     multimask = args.multimask if args.multimask is not None else (len(points) == 1 and not boxes)
@@ -193,54 +132,3 @@ def _run_segment(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
-
-
-def _run_weights(args: argparse.Namespace) -> int:
-    from . import weights
-
-    if args.weights_command == "list":
-        print(weights.format_table(weights.list_entries()))
-    elif args.weights_command == "fetch":
-        print(weights.fetch(args.name, force=args.force, progress=not args.quiet))
-    else:
-        print(weights.resolve(args.name, download=False, progress=False))
-    return 0
-
-
-def _run_models(args: argparse.Namespace) -> int:
-    from .models import get_model_spec, list_models
-
-    for name in list_models():
-        spec = get_model_spec(name)
-        aliases = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
-        print(f"{name:<12} {spec.image_size:>5} px  weights={spec.weights:<12} {spec.description}{aliases}")
-    return 0
-
-
-def one_line(message: str) -> str:
-    """A multi-line error message (e.g. a list of sources tried) folded into one line."""
-    lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()]
-    folded = lines[0] if lines else ""
-    for line in lines[1:]:
-        folded += (" " if folded.endswith(":") else "; ") + line.lstrip("-* ")
-    return folded
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``anymask`` command; returns the exit code."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
-    runners = {"segment": _run_segment, "weights": _run_weights, "models": _run_models}
-    try:
-        return runners[args.command](args)
-    except AnymaskError as exc:
-        print(f"anymask: error: {one_line(str(exc))}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("anymask: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
