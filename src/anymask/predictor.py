@@ -112,6 +112,19 @@ class ImageEmbedding:
         return None
 
 
+#: prompts decoded at once by :meth:`Predictor.predict_low_res` and :meth:`Predictor.predict`
+DECODE_CHUNK = 16
+
+
+def _prompt_slice(prompts: Prompts, start: int, stop: int) -> Prompts:
+    """Prompts ``start:stop`` of a batch."""
+    def part(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[start:stop]
+
+    return Prompts(part(prompts.points), part(prompts.labels), part(prompts.boxes), part(prompts.mask_input),
+                   prompts.batched)
+
+
 class Predictor:
     """Segment one image at a time from point, box and mask prompts, SAM style.
 
@@ -335,7 +348,17 @@ class Predictor:
 
     @torch.inference_mode()
     def _decode_low_res(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores."""
+        """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores.
+
+        Large batches are decoded :data:`DECODE_CHUNK` prompts at a time: the decoder holds a
+        ``(B, 4096, 256)`` float32 copy of the image side per prompt (4 MB each), and chunks keep the peak
+        memory bounded at no cost in speed (a chunk's matrix products are already large).
+        """
+        batch = len(next(a for a in (prompts.points, prompts.boxes, prompts.mask_input) if a is not None))
+        if batch > DECODE_CHUNK:
+            parts = [self._decode_low_res(_prompt_slice(prompts, start, start + DECODE_CHUNK), multimask)
+                     for start in range(0, batch, DECODE_CHUNK)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         if self._runner is not None and (prompts.points is not None or prompts.boxes is not None):
             return self._decode_low_res_onnx(prompts, multimask)
         device, dtype = self.device, self._features.dtype
@@ -385,9 +408,10 @@ class Predictor:
     def _decode(self, prompts: Prompts, multimask: bool, return_logits: bool):
         """Run prompt encoder + mask decoder on validated prompts (batch-first) and upsample the masks."""
         low_res, scores = self._decode_low_res(prompts, multimask)
-        masks = self.upscale(low_res)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        if return_logits:
+            return self.upscale(low_res), scores, low_res
+        # one prompt at a time: only (C, H, W) float logits exist at once, the result is bool
+        masks = torch.cat([self.upscale(low_res[i : i + 1]) > self.model.mask_threshold for i in range(len(low_res))])
         return masks, scores, low_res
 
     def _scale(self) -> np.ndarray:

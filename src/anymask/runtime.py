@@ -135,6 +135,10 @@ class OnnxRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # no arena: onnxruntime's arena keeps its high-water mark (the encoder's activations) for the life of
+        # the session; without it the peak RSS of a predictor drops by hundreds of MB at no measurable cost.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False  # one block for all activations, planned ahead: a higher peak
 
         def session(name: str):
             return ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
