@@ -113,7 +113,7 @@ class ImageEmbedding:
 
 
 #: prompts decoded at once by :meth:`Predictor.predict_low_res` and :meth:`Predictor.predict`
-DECODE_CHUNK = 16
+DECODE_CHUNK = 8
 
 
 def _prompt_slice(prompts: Prompts, start: int, stop: int) -> Prompts:
