@@ -154,6 +154,7 @@ def child(system: str, repeats: int, masks_path: str) -> dict:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     runner = _Reference() if system == "reference" else _Anymask(system)
     setup_s = time.perf_counter() - start
@@ -167,12 +168,15 @@ def child(system: str, repeats: int, masks_path: str) -> dict:
     timings["click"] = _median_ms(lambda: runner.click(wide["point"]), repeats)
     timings["box"] = _median_ms(lambda: runner.box(wide["box"]), repeats)
     timings["boxes_16"] = _median_ms(lambda: runner.boxes(wide["boxes"]), repeats)
-    timings["points_64_low_res"] = _median_ms(lambda: runner.points_low_res(wide["points_64"]), max(3, repeats // 3))
     masks["wide_click"], masks["wide_box"] = runner.click(wide["point"]), runner.box(wide["box"])
-    masks["wide_boxes"], masks["wide_points_64"] = runner.boxes(wide["boxes"]), runner.points_low_res(wide["points_64"])
+    masks["wide_boxes"] = runner.boxes(wide["boxes"])
+    session_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    timings["points_64_low_res"] = _median_ms(lambda: runner.points_low_res(wide["points_64"]), max(3, repeats // 3))
+    masks["wide_points_64"] = runner.points_low_res(wide["points_64"])
     np.savez_compressed(masks_path, **{k: np.asarray(v, bool) for k, v in masks.items()})
-    return {"system": system, "setup_s": setup_s, "ms": timings,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch": torch.__version__}
+    return {"system": system, "setup_s": setup_s, "ms": timings, "import_rss_mb": import_rss,
+            "session_rss_mb": session_rss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "torch": torch.__version__}
 
 
 def child_bound() -> dict:
@@ -239,10 +243,15 @@ def markdown(result: dict) -> str:
         cells = [f"{r['ms'][op]:.1f}" for r in result["runs"]]
         ratios = [f"{ref['ms'][op] / r['ms'][op]:.2f}x" for r in result["runs"] if r["system"] != "reference"] if ref else []
         lines.append(f"| {op} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    lines.append("| peak RSS (MB) | " + " | ".join(f"{r['peak_rss_mb']:.0f}" for r in result["runs"]) + " |" +
-                 " |" * (len(systems) - 1))
+    for key, label in (("import_rss_mb", "RSS after `import torch` (MB)"),
+                       ("session_rss_mb", "peak RSS, predictor session: encoders, clicks, boxes (MB)"),
+                       ("peak_rss_mb", "peak RSS incl. the 64-prompt batch (MB)")):
+        lines.append(f"| {label} | " + " | ".join(f"{r[key]:.0f}" for r in result["runs"]) + " |" +
+                     " |" * (len(systems) - 1))
     acc = result["accuracy"]
     lines.append("| min mask IoU vs torch fp32 | " + " | ".join(f"{acc[s]['min_iou']:.4f}" for s in systems) + " |" +
+                 " |" * (len(systems) - 1))
+    lines.append("| mean mask IoU vs torch fp32 | " + " | ".join(f"{acc[s]['mean_iou']:.4f}" for s in systems) + " |" +
                  " |" * (len(systems) - 1))
     lines += ["", f"Compute bound: encoder {bound['encoder_gflop']:.1f} GFLOP, one click's decoder "
               f"{bound['click_decoder_gflop']:.2f} GFLOP; sgemm 2048^3 measured at {bound['sgemm_gflops']:.0f} GFLOP/s "
