@@ -314,6 +314,7 @@ def test_cli_bad_input(tmp_path, capsys):
     assert cli.main(["everything", str(empty), "-o", str(tmp_path / "o")]) == ImageError.exit_code
     assert "no image files" in capsys.readouterr().err
     assert cli.main(["everything", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o")]) == ImageError.exit_code
+    assert "does not exist" in capsys.readouterr().err
     rc = cli.main(["everything", str(EXAMPLE_IMAGE), "-o", str(tmp_path / "o"), "--pred-iou-thresh", "1.5"])
     err = capsys.readouterr().err
     assert rc == PromptError.exit_code and "pred_iou_thresh" in err and err.count("\n") == 1
@@ -334,3 +335,16 @@ def test_cli_help_explains_every_option():
                    "--min-mask-region-area", "--skip-covered-points", "--skip-iou-thresh", "--model", "--checkpoint",
                    "--no-verify", "--device", "-o OUT"):
         assert option in result.stdout, option
+
+
+def test_upscale_shortcut_equals_the_predictor_upscale(mobile_sam):
+    """At a 1024 px image the final resize is the identity: the generator's shortcut gives the same logits."""
+    from anymask.automatic import _upscale
+    from anymask.predictor import ImageEmbedding, Predictor
+
+    p = Predictor(mobile_sam)
+    low = torch.randn(3, 1, 256, 256)
+    for original, input_size in (((1024, 768), (1024, 768)), ((500, 300), (1024, 614))):
+        p.set_embedding(ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), original, input_size, "mobile_sam"))
+        with torch.inference_mode():
+            assert torch.equal(_upscale(p, low), p.upscale(low))
