@@ -174,6 +174,8 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--parallel", action="store_true",
                         help="run the systems' workers at the same time (when the wall time is short)")
+    parser.add_argument("--reuse", default="", help="comma-separated systems whose worker output in --tmp from an "
+                        "earlier run is reused instead of running them again")
     parser.add_argument("--tmp", default="/tmp/anymask-everything-bench", help="folder for the workers' outputs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--photos", nargs="*", default=[], help=argparse.SUPPRESS)
@@ -191,18 +193,24 @@ def main() -> None:
     load_before = os.getloadavg()
     results = {}
     systems = args.systems.split(",")
+    reused = [s for s in args.reuse.split(",") if s]
+    for s in reused:  # a system whose worker output from an earlier run (same photos) is kept
+        results[s] = json.loads((tmp / f"everything_{s}.json").read_text())
+    systems = [s for s in systems if s not in reused]
     subsets = {s: coco[: args.reference_coco_images] if s == "reference" else coco for s in systems}
     if args.parallel:  # all workers at once: less wall time, noisier times (the longest runs alone at the end)
         running = {s: start_worker(s, photos, subsets[s], tmp) for s in systems}
-        results = {s: finish_worker(*running[s]) for s in systems}
+        results.update({s: finish_worker(*running[s]) for s in systems})
     else:
         for s in systems:
             results[s] = finish_worker(*start_worker(s, photos, subsets[s], tmp))
-    report = summarise(results, photos, coco[: args.reference_coco_images])
+    order = [s for s in SYSTEMS if s in results]
+    report = summarise({s: results[s] for s in order}, photos, coco[: args.reference_coco_images])
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     report["command"] = "python benchmarks/everything_benchmark.py " + " ".join(sys.argv[1:])
     report["parallel"] = bool(args.parallel)
+    report["reused"] = args.reuse
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "everything.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
@@ -248,7 +256,9 @@ def to_markdown(report: dict) -> str:
         f"{tuple(round(v, 1) for v in m.get('loadavg_after', ()))} (other jobs were running: absolute times are "
         "noisy, ratios come from the same run)."
         + (" Workers ran at the same time (`--parallel`): the reference, the longest, ran alone at its end, which"
-           " favours it." if report.get("parallel") else ""),
+           " favours it." if report.get("parallel") else "")
+        + (f" Worker results of `{report['reused']}` were reused from an earlier run of the same command (their"
+           " own times and load)." if report.get("reused") else ""),
         f"Photos (resized to 1024 px on the long side): {', '.join(report['photos'])}. Default settings: 32 x 32 "
         "points, batch 64, pred_iou 0.88, stability 0.95.",
         "",

@@ -125,8 +125,9 @@ class AutomaticMaskGenerator:
         stability_prefilter_margin: candidates whose low-resolution stability is below
             ``stability_score_thresh - margin`` are dropped without upsampling; the others are decided at full
             resolution as in SAM. Larger is closer to SAM and slower.
-        skip_covered_points: decode the grid coarse-to-fine and skip grid points inside masks accepted with
-            predicted IoU >= ``skip_iou_thresh`` (faster; **changes results**, off by default).
+        skip_covered_points: decode the grid coarse-to-fine and skip grid points inside the finest mask accepted
+            for an earlier prompt when its predicted IoU >= ``skip_iou_thresh`` (faster; **changes results**,
+            off by default).
         skip_iou_thresh: see ``skip_covered_points``.
         upsample_chunk: candidate masks upsampled to full resolution at a time (bounds memory).
         decode_chunk: prompts given to the mask decoder at once. The decoder's activations grow with it
@@ -330,7 +331,8 @@ class AutomaticMaskGenerator:
 
         rles: list = []
         out_idx, boxes, stabs = [], [], []
-        covered = np.zeros(0 if probe is None else len(probe), dtype=bool)
+        cover_rows: list[np.ndarray] = []
+        areas: list[np.ndarray] = []
         orig_h, orig_w = orig_size
         cx0, cy0, cx1, cy1 = crop_box
         pad = (cx0, orig_w - cx1, cy0, orig_h - cy1)
@@ -346,11 +348,10 @@ class AutomaticMaskGenerator:
             masks, box = masks[torch.from_numpy(edge_ok)], box[edge_ok]
             t = self._tick("upsample", t)
             if probe is not None and len(masks):
-                confident = iou[part[ok][edge_ok]] >= self.skip_iou_thresh
-                if confident.any():
-                    px = np.clip(probe[:, 0].astype(np.int64), 0, masks.shape[2] - 1)
-                    py = np.clip(probe[:, 1].astype(np.int64), 0, masks.shape[1] - 1)
-                    covered |= masks[torch.from_numpy(confident)][:, py, px].any(dim=0).numpy()
+                px = np.clip(probe[:, 0].astype(np.int64), 0, masks.shape[2] - 1)
+                py = np.clip(probe[:, 1].astype(np.int64), 0, masks.shape[1] - 1)
+                cover_rows.append(masks[:, py, px].numpy())
+                areas.append(masks.sum(dim=(1, 2)).numpy())
             if any(pad):
                 masks = F.pad(masks, pad, value=False)
             rles.extend(encode_rles(masks.numpy()))
@@ -366,7 +367,26 @@ class AutomaticMaskGenerator:
             "stability": np.concatenate(stabs).astype(np.float64) if stabs else np.zeros(0),
             "points": pts[chosen],
         }
-        return batch, (covered if probe is not None else None)
+        if probe is None:
+            return batch, None
+        return batch, self._covered(chosen // n_out, iou[chosen], cover_rows, areas, len(probe))
+
+    def _covered(self, prompt: np.ndarray, iou: np.ndarray, cover_rows: list, areas: list, n_probe: int) -> np.ndarray:
+        """Probe points to skip: those inside the *smallest* accepted mask of a prompt, when that mask is confident.
+
+        Using only each prompt's finest accepted mask keeps points that lie in a confident whole object but
+        outside the part its prompt found: those points may find other parts.
+        """
+        covered = np.zeros(n_probe, dtype=bool)
+        if not cover_rows:
+            return covered
+        rows, area = np.concatenate(cover_rows), np.concatenate(areas)
+        for p in np.unique(prompt):
+            mine = np.flatnonzero(prompt == p)
+            finest = mine[np.argmin(area[mine])]
+            if iou[finest] >= self.skip_iou_thresh:
+                covered |= rows[finest]
+        return covered
 
     def _remove_small_regions(self, data: dict, nms_thresh: float) -> dict:
         """SAM's post-processing: fill small holes, erase small islands in each mask; re-run NMS."""
