@@ -176,6 +176,7 @@ def main() -> None:
                         help="run the systems' workers at the same time (when the wall time is short)")
     parser.add_argument("--reuse", default="", help="comma-separated systems whose worker output in --tmp from an "
                         "earlier run is reused instead of running them again")
+    parser.add_argument("--note", default="", help="a sentence added to the results (e.g. how the machine was loaded)")
     parser.add_argument("--tmp", default="/tmp/anymask-everything-bench", help="folder for the workers' outputs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--photos", nargs="*", default=[], help=argparse.SUPPRESS)
@@ -211,6 +212,7 @@ def main() -> None:
     report["command"] = "python benchmarks/everything_benchmark.py " + " ".join(sys.argv[1:])
     report["parallel"] = bool(args.parallel)
     report["reused"] = args.reuse
+    report["note"] = args.note
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "everything.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
@@ -258,7 +260,8 @@ def to_markdown(report: dict) -> str:
         + (" Workers ran at the same time (`--parallel`): the reference, the longest, ran alone at its end, which"
            " favours it." if report.get("parallel") else "")
         + (f" Worker results of `{report['reused']}` were reused from an earlier run of the same command (their"
-           " own times and load)." if report.get("reused") else ""),
+           " own times and load)." if report.get("reused") else "")
+        + (f" {report['note']}" if report.get("note") else ""),
         f"Photos (resized to 1024 px on the long side): {', '.join(report['photos'])}. Default settings: 32 x 32 "
         "points, batch 64, pred_iou 0.88, stability 0.95.",
         "",
