@@ -133,9 +133,11 @@ def _iou_matrix(a: list[dict], b: list[dict]) -> np.ndarray:
 
 def agreement(ours: list[dict], ref: list[dict], thresh: float = 0.9) -> tuple[float, float]:
     """(share of reference masks matched by ours, share of ours matched by the reference) at IoU >= thresh."""
+    if not ours or not ref:
+        return (0.0 if ref else 1.0), (0.0 if ours else 1.0)
     iou = _iou_matrix(ours, ref)
-    ref_matched = float((iou.max(axis=0) >= thresh).mean()) if len(ref) else 1.0
-    ours_matched = float((iou.max(axis=1) >= thresh).mean()) if len(ours) else 1.0
+    ref_matched = float((iou.max(axis=0) >= thresh).mean())
+    ours_matched = float((iou.max(axis=1) >= thresh).mean())
     return ref_matched, ours_matched
 
 
