@@ -109,14 +109,23 @@ def worker(system: str, photos: list[str], coco: list[str], out: Path) -> None:
         if system != "reference":
             entry["stats"] = generator.last_stats
         result["photos"].append(entry)
+        _dump(result, out)  # after every image: an interrupted run keeps what it measured
         print(f"{system} {rel}: {len(masks)} masks, {seconds:.1f} s", file=sys.stderr, flush=True)
     for name in coco:
         start = time.perf_counter()
         masks = generator.generate(load_image(SHARED_DATA / "coco128_instances" / "images" / name))
         result["coco"].append({"image": name, "seconds": time.perf_counter() - start,
                                "rles": [m["segmentation"] for m in masks]})
+        _dump(result, out)
+    result["complete"] = True
+    _dump(result, out)
+
+
+def _dump(result: dict, out: Path) -> None:
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(json.dumps(result))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out)
 
 
 # ------------------------------------------------------------------------------------------------ parent
