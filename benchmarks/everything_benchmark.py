@@ -236,12 +236,15 @@ def summarise(results: dict, photos: list[str], ref_coco: list[str]) -> dict:
     rows = []
     for system, res in results.items():
         row: dict = {"system": system, "peak_rss_mb": res["peak_rss_mb"], "threads": res["threads"],
+                     "complete": bool(res.get("complete", True)),
                      "seconds": [p["seconds"] for p in res["photos"]],
                      "masks": [len(p["rles"]) for p in res["photos"]]}
         row["mean_seconds"] = float(np.mean(row["seconds"]))
         if ref and system != "reference":
             row["speedup"] = [r["seconds"] / p["seconds"] for p, r in zip(res["photos"], ref["photos"])]
-            row["mean_speedup"] = float(np.mean([r["seconds"] for r in ref["photos"]]) / row["mean_seconds"])
+            n = min(len(res["photos"]), len(ref["photos"]))  # photos both measured (a worker may have been cut short)
+            row["mean_speedup"] = float(np.mean([r["seconds"] for r in ref["photos"][:n]])
+                                        / np.mean([p["seconds"] for p in res["photos"][:n]]))
             pairs = [agreement(p["rles"], r["rles"]) for p, r in zip(res["photos"], ref["photos"])]
             row["ref_matched"] = [a for a, _ in pairs]
             row["ours_matched"] = [b for _, b in pairs]
@@ -283,7 +286,7 @@ def to_markdown(report: dict) -> str:
     for r in report["rows"]:
         fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
         lines.append(
-            f"| {r['system']} | {r['mean_seconds']:.1f} ({' / '.join(f'{s:.1f}' for s in r['seconds'])}) | "
+            f"| {r['system']}{'' if r.get('complete', True) else ' (cut short)'} | {r['mean_seconds']:.1f} ({' / '.join(f'{s:.1f}' for s in r['seconds'])}) | "
             f"{r.get('mean_speedup', 1.0):.2f}x | {r['peak_rss_mb']:.0f} | {r.get('memory_ratio', 1.0):.2f} | "
             f"{'/'.join(map(str, r['masks']))} | {fmt(r['ref_matched']) if 'ref_matched' in r else '-'} | "
             f"{fmt(r['ours_matched']) if 'ours_matched' in r else '-'} | {r['coco_recall']:.3f} "
