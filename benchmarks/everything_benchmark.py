@@ -41,6 +41,7 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 PHOTOS = ("grabcut/images/106024.jpg", "davis2016_val/images/blackswan/00000.jpg",
           "coco128_instances/images/000000000025.jpg", "grabcut/images/153077.jpg",
           "davis2016_val/images/camel/00000.jpg")
+ARGS: argparse.Namespace | None = None
 SYSTEMS = {"reference": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True}}
 
 
@@ -75,9 +76,12 @@ def gt_masks(image_name: str) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------------------------- worker
 
 
-def worker(system: str, photos: list[str], coco: list[str], out: Path) -> None:
+def worker(system: str, photos: list[str], coco: list[str], out: Path, points_per_side: int, threads: int) -> None:
     """Run one system on the photos (timed) and the COCO images; write RLEs, times and peak RSS."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from anymask import load_model, weights
     from anymask.images import load_image
@@ -89,22 +93,24 @@ def worker(system: str, photos: list[str], coco: list[str], out: Path) -> None:
         from benchmarks.reference import reference_predictor
 
         generator = SamAutomaticMaskGenerator(reference_predictor("mobile_sam", checkpoint).model,
-                                              output_mode="coco_rle")
+                                              points_per_side=points_per_side, output_mode="coco_rle")
         warm = SamAutomaticMaskGenerator(generator.predictor.model, points_per_side=2, output_mode="coco_rle")
     else:
         from anymask.automatic import AutomaticMaskGenerator
 
         model = load_model("mobile_sam", checkpoint=checkpoint)
-        generator = AutomaticMaskGenerator(model, output_mode="coco_rle", **SYSTEMS[system])
+        generator = AutomaticMaskGenerator(model, points_per_side=points_per_side, output_mode="coco_rle",
+                                           **SYSTEMS[system])
         warm = AutomaticMaskGenerator(model, points_per_side=2, output_mode="coco_rle")
     warm.generate(photo_1024(photos[0])[:256, :256].copy())  # first-call initialisation, not timed
     result: dict = {"system": system, "threads": torch.get_num_threads(), "photos": [], "coco": []}
     for rel in photos:
         image = photo_1024(rel)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         masks = generator.generate(image)
         seconds = time.perf_counter() - start
         entry = {"image": rel, "size": list(image.shape[:2]), "seconds": seconds,
+                 "cpu_seconds": time.process_time() - cpu_start,
                  "rles": [m["segmentation"] for m in masks]}
         if system != "reference":
             entry["stats"] = generator.last_stats
@@ -112,9 +118,10 @@ def worker(system: str, photos: list[str], coco: list[str], out: Path) -> None:
         _dump(result, out)  # after every image: an interrupted run keeps what it measured
         print(f"{system} {rel}: {len(masks)} masks, {seconds:.1f} s", file=sys.stderr, flush=True)
     for name in coco:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         masks = generator.generate(load_image(SHARED_DATA / "coco128_instances" / "images" / name))
         result["coco"].append({"image": name, "seconds": time.perf_counter() - start,
+                               "cpu_seconds": time.process_time() - cpu_start,
                                "rles": [m["segmentation"] for m in masks]})
         _dump(result, out)
     result["complete"] = True
@@ -166,7 +173,8 @@ def coco_recall(entries: list[dict]) -> tuple[float, int]:
 def start_worker(system: str, photos: list[str], coco: list[str], tmp: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp / f"everything_{system}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "--worker", system, "--photos", *photos, "--coco", *coco, "--out", str(out)]
+    cmd = [sys.executable, __file__, "--worker", system, "--photos", *photos, "--coco", *coco, "--out", str(out),
+           "--points-per-side", str(ARGS.points_per_side), "--threads", str(ARGS.threads)]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(cmd, env=env), out
 
@@ -187,6 +195,11 @@ def main() -> None:
                         help="run the systems' workers at the same time (when the wall time is short)")
     parser.add_argument("--reuse", default="", help="comma-separated systems whose worker output in --tmp from an "
                         "earlier run is reused instead of running them again")
+    parser.add_argument("--points-per-side", type=int, default=32,
+                        help="grid of every system (default 32, SAM's default; smaller when time is short)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per worker (0 = torch's default); 1 makes CPU seconds comparable on a "
+                        "loaded machine")
     parser.add_argument("--note", default="", help="a sentence added to the results (e.g. how the machine was loaded)")
     parser.add_argument("--tmp", default="/tmp/anymask-everything-bench", help="folder for the workers' outputs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -194,8 +207,10 @@ def main() -> None:
     parser.add_argument("--coco", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global ARGS
+    ARGS = args
     if args.worker:
-        worker(args.worker, args.photos, args.coco, Path(args.out))
+        worker(args.worker, args.photos, args.coco, Path(args.out), args.points_per_side, args.threads)
         return
 
     photos = list(PHOTOS[: args.images])
@@ -224,6 +239,8 @@ def main() -> None:
     report["parallel"] = bool(args.parallel)
     report["reused"] = args.reuse
     report["note"] = args.note
+    report["points_per_side"] = args.points_per_side
+    report["threads"] = args.threads
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "everything.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
@@ -240,11 +257,17 @@ def summarise(results: dict, photos: list[str], ref_coco: list[str]) -> dict:
                      "seconds": [p["seconds"] for p in res["photos"]],
                      "masks": [len(p["rles"]) for p in res["photos"]]}
         row["mean_seconds"] = float(np.mean(row["seconds"]))
+        row["cpu_seconds"] = [p.get("cpu_seconds", float("nan")) for p in res["photos"]]
+        row["mean_cpu_seconds"] = float(np.mean(row["cpu_seconds"]))
         if ref and system != "reference":
             row["speedup"] = [r["seconds"] / p["seconds"] for p, r in zip(res["photos"], ref["photos"])]
+            row["cpu_speedup"] = [r.get("cpu_seconds", np.nan) / p.get("cpu_seconds", np.nan)
+                                  for p, r in zip(res["photos"], ref["photos"])]
             n = min(len(res["photos"]), len(ref["photos"]))  # photos both measured (a worker may have been cut short)
             row["mean_speedup"] = float(np.mean([r["seconds"] for r in ref["photos"][:n]])
                                         / np.mean([p["seconds"] for p in res["photos"][:n]]))
+            row["mean_cpu_speedup"] = float(np.mean([r.get("cpu_seconds", np.nan) for r in ref["photos"][:n]])
+                                            / np.mean([p.get("cpu_seconds", np.nan) for p in res["photos"][:n]]))
             pairs = [agreement(p["rles"], r["rles"]) for p, r in zip(res["photos"], ref["photos"])]
             row["ref_matched"] = [a for a, _ in pairs]
             row["ours_matched"] = [b for _, b in pairs]
@@ -276,18 +299,22 @@ def to_markdown(report: dict) -> str:
         + (f" Worker results of `{report['reused']}` were reused from an earlier run of the same command (their"
            " own times and load)." if report.get("reused") else "")
         + (f" {report['note']}" if report.get("note") else ""),
-        f"Photos (resized to 1024 px on the long side): {', '.join(report['photos'])}. Default settings: 32 x 32 "
-        "points, batch 64, pred_iou 0.88, stability 0.95.",
+        f"Photos (resized to 1024 px on the long side): {', '.join(report['photos'])}. Settings: "
+        f"{report.get('points_per_side', 32)} x {report.get('points_per_side', 32)} points, SAM's other defaults "
+        "(batch 64, pred_iou 0.88, stability 0.95, box NMS 0.7); torch threads per worker: "
+        f"{report.get('threads') or 'default'}. CPU s = the worker process's CPU time for the image.",
         "",
-        "| system | s / image (each) | speed-up vs ref | peak RSS MB | RSS vs ref | masks | ref masks matched "
+        "| system | s / image (each) | speed-up vs ref | CPU s / image (each) | CPU speed-up | peak RSS MB | RSS vs ref | masks | ref masks matched "
         "(IoU>=0.9) | own masks matched | COCO recall@0.5 (images) | COCO recall, ref's images |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
         lines.append(
             f"| {r['system']}{'' if r.get('complete', True) else ' (cut short)'} | {r['mean_seconds']:.1f} ({' / '.join(f'{s:.1f}' for s in r['seconds'])}) | "
-            f"{r.get('mean_speedup', 1.0):.2f}x | {r['peak_rss_mb']:.0f} | {r.get('memory_ratio', 1.0):.2f} | "
+            f"{r.get('mean_speedup', 1.0):.2f}x | {r['mean_cpu_seconds']:.1f} "
+            f"({' / '.join(f'{s:.1f}' for s in r['cpu_seconds'])}) | {r.get('mean_cpu_speedup', 1.0):.2f}x | "
+            f"{r['peak_rss_mb']:.0f} | {r.get('memory_ratio', 1.0):.2f} | "
             f"{'/'.join(map(str, r['masks']))} | {fmt(r['ref_matched']) if 'ref_matched' in r else '-'} | "
             f"{fmt(r['ours_matched']) if 'ours_matched' in r else '-'} | {r['coco_recall']:.3f} "
             f"({r['coco_images']} img, {r['coco_instances']} inst) | {r['coco_recall_common']:.3f} |")
