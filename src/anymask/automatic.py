@@ -99,7 +99,7 @@ class AutomaticMaskGenerator:
         skip_covered_points: bool = False,
         skip_iou_thresh: float = 0.95,
         upsample_chunk: int = 8,
-        decode_chunk: int = 16,
+        decode_chunk: int = 4,
     ) -> None:
         """Args (SAM's, same meanings and defaults):
         model: a network from :func:`anymask.load_model` or a :class:`~anymask.Predictor`.
@@ -175,7 +175,7 @@ class AutomaticMaskGenerator:
         skip_covered_points: bool = False,
         skip_iou_thresh: float = 0.95,
         upsample_chunk: int = 8,
-        decode_chunk: int = 16,
+        decode_chunk: int = 4,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise PromptError("give exactly one of points_per_side and point_grids")
