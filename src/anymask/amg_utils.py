@@ -1,0 +1,209 @@
+"""Geometry helpers of the automatic mask generator: point grids, crop boxes, box NMS, RLE forms.
+
+Conventions: points are ``(x, y)`` pixels (x = column); boxes are XYXY. Boxes computed from masks hold
+**inclusive** pixel indices, as in :func:`anymask.masks.masks_to_boxes` and SAM's ``batched_mask_to_box``;
+box areas and IoUs are computed on the coordinates as given (``(x1 - x0) * (y1 - y0)``), as SAM's NMS
+(torchvision's) does, so that the same masks survive.
+
+Everything here mirrors ``segment_anything.utils.amg`` in meaning; NMS is vectorised in torch and needs no
+torchvision.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from itertools import product
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+__all__ = [
+    "build_point_grid",
+    "build_all_layer_point_grids",
+    "coarse_to_fine_order",
+    "generate_crop_boxes",
+    "box_iou_matrix",
+    "box_nms",
+    "is_box_near_crop_edge",
+    "masks_to_boxes_torch",
+    "encode_rles",
+    "rle_to_uncompressed",
+    "decode_rle_bytes",
+]
+
+
+# ---------------------------------------------------------------------------------------------- grids
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """``(n * n, 2)`` points ``(x, y)`` evenly spaced in ``[0, 1]``, cell centres, row by row (SAM's grid)."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs = np.tile(side[None, :], (n_per_side, 1))
+    ys = np.tile(side[:, None], (1, n_per_side))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
+    """One normalised grid per crop layer; layer ``i`` has ``int(n_per_side / scale_per_layer**i)`` a side."""
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
+
+
+def coarse_to_fine_order(n_points: int) -> np.ndarray:
+    """An order of ``n_points`` grid points that visits a coarse sub-grid first, then finer ones.
+
+    For a square grid (``n_points = n * n``, row by row) point ``(row, col)`` gets the level
+    ``min(trailing zeros of row, trailing zeros of col)`` (capped); points of higher levels come first, so the
+    first batches sample the whole image sparsely. Other counts keep their order. Used by the optional
+    grid-point skipping, where early masks decide which later points are needed.
+    """
+    n = int(round(math.sqrt(n_points)))
+    if n * n != n_points or n < 2:
+        return np.arange(n_points)
+
+    def level(i: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(i)
+        for k in range(1, 6):
+            out = np.where(i % (2**k) == 0, k, out)
+        return out
+
+    rows, cols = np.divmod(np.arange(n_points), n)
+    key = np.minimum(level(rows), level(cols))
+    return np.argsort(-key, kind="stable")
+
+
+def generate_crop_boxes(im_size: tuple[int, int], n_layers: int, overlap_ratio: float) -> tuple[list[list[int]], list[int]]:
+    """SAM's crop boxes: the whole image, then ``(2**i)**2`` overlapping crops in layer ``i``.
+
+    Args:
+        im_size: ``(H, W)``.
+        n_layers: number of crop layers after the whole image.
+        overlap_ratio: overlap of neighbouring crops as a share of the short side (scaled down per layer).
+
+    Returns:
+        ``(boxes, layers)``: XYXY integer boxes (x1, y1 exclusive) and the layer index of each.
+    """
+    boxes, layers = [[0, 0, im_size[1], im_size[0]]], [0]
+    im_h, im_w = im_size
+    short_side = min(im_h, im_w)
+
+    def crop_len(orig_len: int, n_crops: int, overlap: int) -> int:
+        return int(math.ceil((overlap * (n_crops - 1) + orig_len) / n_crops))
+
+    for layer in range(n_layers):
+        n_crops = 2 ** (layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n_crops))
+        crop_w, crop_h = crop_len(im_w, n_crops, overlap), crop_len(im_h, n_crops, overlap)
+        xs = [int((crop_w - overlap) * i) for i in range(n_crops)]
+        ys = [int((crop_h - overlap) * i) for i in range(n_crops)]
+        for x0, y0 in product(xs, ys):
+            boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+            layers.append(layer + 1)
+    return boxes, layers
+
+
+# ------------------------------------------------------------------------------------------------ NMS
+
+
+def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, N)`` IoU of XYXY boxes ``(N, 4)`` with areas ``(x1 - x0) * (y1 - y0)`` (torchvision's rule)."""
+    boxes = boxes.to(torch.float64)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area[:, None] + area[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def box_nms(boxes: Any, scores: Any, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; the IoU matrix is computed at once, the greedy pass is a short loop.
+
+    A box is dropped when its IoU with a kept, higher-scored box is *greater* than ``iou_threshold``.
+
+    Args:
+        boxes: ``(N, 4)`` XYXY.
+        scores: ``(N,)``; ties keep the earlier box first.
+
+    Returns:
+        ``(K,) int64`` indices of the kept boxes, by decreasing score.
+    """
+    boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float64))
+    scores_np = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores_np) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-scores_np, kind="stable")
+    over = (box_iou_matrix(boxes_t[torch.as_tensor(order)]) > iou_threshold).numpy()
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= over[i]
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def is_box_near_crop_edge(boxes: np.ndarray, crop_box: list[int], orig_box: list[int], atol: float = 20.0) -> np.ndarray:
+    """``(N,) bool``: boxes (in crop coordinates) within ``atol`` px of a crop edge that is not an image edge."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    crop = np.asarray(crop_box, dtype=np.float64)
+    uncropped = boxes + np.array([crop[0], crop[1], crop[0], crop[1]])
+    near_crop = np.abs(uncropped - crop[None]) <= atol
+    near_image = np.abs(uncropped - np.asarray(orig_box, dtype=np.float64)[None]) <= atol
+    return np.any(near_crop & ~near_image, axis=1)
+
+
+# ----------------------------------------------------------------------------------------- masks, RLE
+
+
+def masks_to_boxes_torch(masks: torch.Tensor) -> torch.Tensor:
+    """Tight XYXY inclusive boxes ``(N, 4) int64`` of bool masks ``(N, H, W)``; zeros for empty masks."""
+    n, height, width = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.int64)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # (N, H), (N, W)
+    nonempty = rows.any(dim=1)
+    ar_h = torch.arange(height, device=masks.device)
+    ar_w = torch.arange(width, device=masks.device)
+    y1 = torch.where(rows, ar_h, -1).amax(dim=1)
+    y0 = torch.where(rows, ar_h, height).amin(dim=1)
+    x1 = torch.where(cols, ar_w, -1).amax(dim=1)
+    x0 = torch.where(cols, ar_w, width).amin(dim=1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.int64)
+    boxes[~nonempty] = 0
+    return boxes
+
+
+def encode_rles(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO compressed RLEs (``counts`` as ``bytes``, pycocotools' own form) of ``(N, H, W)`` bool masks."""
+    if len(masks) == 0:
+        return []
+    fortran = np.asfortranarray(np.moveaxis(np.asarray(masks, dtype=np.uint8), 0, -1))
+    return mask_utils.encode(fortran)
+
+
+def decode_rle_bytes(rle: dict[str, Any]) -> np.ndarray:
+    """``(H, W) bool`` mask of a pycocotools RLE (``counts`` as bytes), as :func:`encode_rles` gives."""
+    with warnings.catch_warnings():
+        # pycocotools' Cython decoder trips a numpy 2 DeprecationWarning (__array__ without `copy`); harmless
+        warnings.filterwarnings("ignore", message=r"__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
+def rle_to_uncompressed(rle: dict[str, Any]) -> dict[str, Any]:
+    """SAM's ``uncompressed_rle`` form ``{"size": [H, W], "counts": [runs...]}`` (column-major, background first)."""
+    height, width = (int(v) for v in rle["size"])
+    flat = decode_rle_bytes(rle).reshape(-1, order="F").astype(np.int8)
+    if flat.size == 0:
+        return {"size": [height, width], "counts": []}
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [height, width], "counts": counts}
