@@ -1,6 +1,7 @@
 """The ``anymask`` command.
 
     anymask segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... [-o DIR]
+    anymask video VIDEO --frame N --box X0,Y0,X1,Y1 --object ID ... [-o DIR]
     anymask weights list | fetch NAME | path NAME
     anymask models
 
@@ -24,7 +25,7 @@ logger = logging.getLogger("anymask")
 
 # One module per command in this package, each with ``add_parser(commands, common)`` and ``run(args) -> int``.
 # Listed in the order ``--help`` shows them. Command modules import heavy libraries (torch) inside ``run``.
-COMMANDS = ("segment", "weights", "models")
+COMMANDS = ("segment", "video", "weights", "models")
 
 
 def _command_module(name: str) -> ModuleType:
