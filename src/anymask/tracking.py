@@ -46,6 +46,7 @@ class Track:
     logits: np.ndarray
     area: int
     lost: int = 0
+    velocity: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -132,22 +133,30 @@ class MaskPropagation:
     """
 
     box_margin: float = 0.05
-    prior_weight: float = 1.0
-    lost_iou: float = 0.3
-    max_area_ratio: float = 2.5
-    confident_score: float = 0.85
+    prior_weight: float = 0.0
+    lost_iou: float = 0.0
+    max_area_ratio: float = 1e9
+    confident_score: float = 0.0
+    use_logits: bool = True
+    use_point: bool = False
+    multimask: bool = True
+    box_only: bool = False
+    motion: float = 0.0
     name: str = "mask"
 
     def step(self, predictor: Predictor, tracks: list[Track]) -> list[StepResult]:
-        """Decode every track's next mask on the predictor's current frame (two batched decoder calls)."""
+        """Decode every track's next mask on the predictor's current frame (batched decoder calls)."""
         results: list[StepResult | None] = [None] * len(tracks)
         height, width = predictor.embedding.original_size
-        boxes, points, logits, live = [], [], [], []
+        boxes, tight, points, logits, live = [], [], [], [], []
         for i, track in enumerate(tracks):
             box = mask_box(track.mask)
             if box is None:
                 results[i] = StepResult(track.mask, 0.0, track)
                 continue
+            box = box + self.motion * np.array(track.velocity * 2)
+            box = np.clip(box, 0, (width, height, width, height))
+            tight.append(box)
             grow = np.maximum(2.0, self.box_margin * (box[2:] - box[:2]))
             box = np.concatenate([np.maximum(box[:2] - grow, 0), np.minimum(box[2:] + grow, (width, height))])
             boxes.append(box)
@@ -158,10 +167,19 @@ class MaskPropagation:
             return results  # type: ignore[return-value]
         boxes_a, points_a = np.stack(boxes), np.stack(points)
         labels = np.ones(points_a.shape[:2], dtype=np.int64)
-        low_a, score_a = predictor.predict_low_res(points_a, labels, boxes_a, np.stack(logits), multimask=False)
-        low_b, score_b = predictor.predict_low_res(points_a, labels, boxes_a, multimask=True)
-        low = np.concatenate([low_a, low_b], axis=1)  # (B, 4, 256, 256)
-        scores = np.concatenate([score_a, score_b], axis=1)  # (B, 4)
+        pts, lab = (points_a, labels) if self.use_point else (None, None)
+        lows, scs = [], []
+        if self.use_logits:
+            low, sc = predictor.predict_low_res(pts, lab, boxes_a, np.stack(logits), multimask=False)
+            lows.append(low), scs.append(sc)
+        if self.multimask:
+            low, sc = predictor.predict_low_res(pts, lab, boxes_a, multimask=True)
+            lows.append(low), scs.append(sc)
+        if self.box_only:
+            low, sc = predictor.predict_low_res(box=np.stack(tight), multimask=False)
+            lows.append(low), scs.append(sc)
+        low = np.concatenate(lows, axis=1)  # (B, C, 256, 256)
+        scores = np.concatenate(scs, axis=1)  # (B, C)
 
         h, w = predictor.embedding.input_size
         lh, lw = int(round(h * LOW_RES / max(h, w))), int(round(w * LOW_RES / max(h, w)))
@@ -178,7 +196,12 @@ class MaskPropagation:
             ratio = max(area, 1) / max(track.area, 1)
             lost = overlap[j, choice[j]] < self.lost_iou or not (1 / self.max_area_ratio <= ratio <= self.max_area_ratio)
             if not lost:
-                results[i] = StepResult(mask, score, Track(mask, best_low[j][None], area))
+                new_box, old_box = mask_box(mask), mask_box(track.mask)
+                velocity = (0.0, 0.0)
+                if new_box is not None and old_box is not None:
+                    shift = (new_box[:2] + new_box[2:] - old_box[:2] - old_box[2:]) / 2
+                    velocity = (float(shift[0]), float(shift[1]))
+                results[i] = StepResult(mask, score, Track(mask, best_low[j][None], area, 0, velocity))
             else:
                 shown = mask if score >= self.confident_score else np.zeros_like(mask)
                 results[i] = StepResult(shown, score, Track(track.mask, track.logits, track.area, track.lost + 1))
