@@ -43,7 +43,7 @@ class VideoPredictor:
                  embedding_cache: int = 2) -> None:
         """Args:
         predictor: the image :class:`~anymask.predictor.Predictor` (its model runs every frame).
-        strategy: ``"mask"`` (default: previous mask's box, interior point and logits, loss detection) or
+        strategy: ``"mask"`` (default: previous mask's box moved by its motion, its logits, loss detection) or
             ``"box"`` (naive baseline: the box of the previous mask only). See :mod:`anymask.tracking`.
         window: frames a video file or iterator keeps decoded (reverse reading goes in chunks of this size).
         embedding_cache: frame embeddings kept (each ``256 x 64 x 64`` float32, 4 MiB).

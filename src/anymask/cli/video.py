@@ -57,8 +57,8 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                      "frame to frame 0; both (default): forward, plus backward over the frames before the first "
                      "prompted one")
     cmd.add_argument("--strategy", choices=("mask", "box"), default="mask",
-                     help="propagation: mask (default; previous mask's box, interior point and logits, with loss "
-                     "detection) or box (naive baseline: the box of the previous mask only)")
+                     help="propagation: mask (default; previous mask's box moved by its motion, with its logits, best "
+                     "predicted IoU, loss detection) or box (naive baseline: the box of the previous mask only)")
     cmd.add_argument("--model", default="mobile_sam",
                      help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
     cmd.add_argument("--checkpoint", metavar="PATH", help="use this local checkpoint instead of the catalogue's")
