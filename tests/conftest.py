@@ -7,6 +7,7 @@ anymask's own weights manager (cache: ``$ANYMASK_HOME``, default ``~/.cache/anym
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.datasets import SHARED_DATA, load_mask, read_index  # noqa: E402,F401 (re-exported to tests)
+
+# The default backend is onnxruntime (anymask.runtime); the suite tests the exact float32 PyTorch path unless a
+# test asks for another backend (tests/test_runtime.py does, and tests the default). Several tests replace the
+# torch encoder with a stub, which only the torch backend sees.
+os.environ.setdefault("ANYMASK_BACKEND", "torch")
 
 EXAMPLE_IMAGE = REPO_ROOT / "examples" / "astronaut.png"
 

@@ -36,6 +36,7 @@ from .images import load_image
 from .models import ModelSpec
 from .modeling import Sam
 from .prompts import Prompts, check_prompts
+from .runtime import OnnxRunner, resolve_backend
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -111,6 +112,19 @@ class ImageEmbedding:
         return None
 
 
+#: prompts decoded at once by :meth:`Predictor.predict_low_res` and :meth:`Predictor.predict`
+DECODE_CHUNK = 8
+
+
+def _prompt_slice(prompts: Prompts, start: int, stop: int) -> Prompts:
+    """Prompts ``start:stop`` of a batch."""
+    def part(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[start:stop]
+
+    return Prompts(part(prompts.points), part(prompts.labels), part(prompts.boxes), part(prompts.mask_input),
+                   prompts.batched)
+
+
 class Predictor:
     """Segment one image at a time from point, box and mask prompts, SAM style.
 
@@ -122,16 +136,27 @@ class Predictor:
         # masks: (3, H, W) bool; scores: (3,); logits: (3, 256, 256)
     """
 
-    def __init__(self, model: Sam, spec: ModelSpec | None = None) -> None:
+    def __init__(self, model: Sam, spec: ModelSpec | None = None, backend: str = "auto") -> None:
         """Args:
         model: a network from :func:`anymask.load_model`.
         spec: its :class:`~anymask.models.ModelSpec`; taken from ``model.spec`` when not given.
+        backend: ``"auto"`` (default: the fastest that meets the accuracy bar, ``"onnx"`` when onnxruntime is
+            installed and the model is on the CPU), ``"torch"`` (exact float32 PyTorch), ``"onnx"`` (float32
+            onnxruntime graphs, exported and cached on first use; masks IoU >= 0.999 against torch) or
+            ``"onnx-int8"`` (int8 encoder). See :mod:`anymask.runtime`.
         """
         spec = spec or getattr(model, "spec", None)
         if spec is None:
             raise ModelError("the model has no spec: build it with anymask.load_model() or pass spec=")
         self.model = model.eval()
         self.spec: ModelSpec = spec
+        if getattr(model, "spec", None) is None:
+            model.spec = spec
+        #: the backend in use: "torch", "onnx" or "onnx-int8"
+        self.backend: str = resolve_backend(backend, model)
+        self._runner: OnnxRunner | None = None
+        if self.backend != "torch":
+            self._runner = OnnxRunner(model, quantize="int8" if self.backend == "onnx-int8" else None)
         self._embedding: ImageEmbedding | None = None
         self._features: torch.Tensor | None = None
 
@@ -158,11 +183,8 @@ class Predictor:
             and the resized size ``(h, w)`` before padding.
         """
         size = self.spec.image_size
-        h, w = resized_shape(image.shape[0], image.shape[1], size)
-        if self.spec.resize == "area":
-            resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        else:
-            resized = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        resized = self.resize(image)
+        h, w = resized.shape[:2]
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         if self.spec.normalization == "min_max":
             low, high = x.min(), x.max()
@@ -173,6 +195,17 @@ class Predictor:
             x = (x - mean) / std
         x = F.pad(x, (0, size - w, 0, size - h))
         return x, (h, w)
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB resized so that its longer side is ``spec.image_size`` (aspect kept), uint8.
+
+        Bilinear (PIL, as SAM and MobileSAM) or area-averaging (OpenCV ``INTER_AREA``, as LiteMedSAM), by the
+        model's spec. This is the input of the exported encoder graph.
+        """
+        h, w = resized_shape(image.shape[0], image.shape[1], self.spec.image_size)
+        if self.spec.resize == "area":
+            return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
     @torch.inference_mode()
     def set_image(self, image: Any) -> ImageEmbedding:
@@ -187,8 +220,13 @@ class Predictor:
             saved and given back with :meth:`set_embedding`.
         """
         rgb = load_image(image)
-        x, input_size = self.preprocess(rgb)
-        features = self.model.image_encoder(x)
+        if self._runner is not None:
+            resized = self.resize(rgb)
+            input_size = (int(resized.shape[0]), int(resized.shape[1]))
+            features = torch.from_numpy(self._runner.encode(resized))
+        else:
+            x, input_size = self.preprocess(rgb)
+            features = self.model.image_encoder(x)
         embedding = ImageEmbedding(
             features=features.float().cpu().numpy().copy(),
             original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
@@ -310,7 +348,19 @@ class Predictor:
 
     @torch.inference_mode()
     def _decode_low_res(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores."""
+        """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores.
+
+        Large batches are decoded :data:`DECODE_CHUNK` prompts at a time: the decoder holds a
+        ``(B, 4096, 256)`` float32 copy of the image side per prompt (4 MB each), and chunks keep the peak
+        memory bounded at no cost in speed (a chunk's matrix products are already large).
+        """
+        batch = len(next(a for a in (prompts.points, prompts.boxes, prompts.mask_input) if a is not None))
+        if batch > DECODE_CHUNK:
+            parts = [self._decode_low_res(_prompt_slice(prompts, start, start + DECODE_CHUNK), multimask)
+                     for start in range(0, batch, DECODE_CHUNK)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        if self._runner is not None and (prompts.points is not None or prompts.boxes is not None):
+            return self._decode_low_res_onnx(prompts, multimask)
         device, dtype = self.device, self._features.dtype
         scale = self._scale()
         points_t = boxes_t = masks_t = None
@@ -333,13 +383,35 @@ class Predictor:
             multimask_output=multimask,
         )
 
+    def _decode_low_res_onnx(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_decode_low_res` in onnxruntime: prompts as the decoder graph takes them (original pixels,
+        box corners labelled 2 and 3, one padding point labelled -1 when there is no box)."""
+        batch = len(prompts.points if prompts.points is not None else prompts.boxes)
+        coords, labels = [], []
+        if prompts.points is not None:
+            coords.append(prompts.points)
+            labels.append(prompts.labels.astype(np.float32))
+        if prompts.boxes is not None:
+            coords.append(prompts.boxes.reshape(batch, 2, 2))
+            labels.append(np.tile(np.array([[2.0, 3.0]], dtype=np.float32), (batch, 1)))
+        else:
+            coords.append(np.zeros((batch, 1, 2)))
+            labels.append(-np.ones((batch, 1), dtype=np.float32))
+        low_res, iou = self._runner.decode(
+            self._features.numpy(), np.concatenate(coords, axis=1), np.concatenate(labels, axis=1),
+            prompts.mask_input, self.embedding.original_size,
+        )
+        selected = slice(1, None) if multimask else slice(0, 1)
+        return torch.from_numpy(low_res[:, selected]), torch.from_numpy(iou[:, selected])
+
     @torch.inference_mode()
     def _decode(self, prompts: Prompts, multimask: bool, return_logits: bool):
         """Run prompt encoder + mask decoder on validated prompts (batch-first) and upsample the masks."""
         low_res, scores = self._decode_low_res(prompts, multimask)
-        masks = self.upscale(low_res)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        if return_logits:
+            return self.upscale(low_res), scores, low_res
+        # one prompt at a time: only (C, H, W) float logits exist at once, the result is bool
+        masks = torch.cat([self.upscale(low_res[i : i + 1]) > self.model.mask_threshold for i in range(len(low_res))])
         return masks, scores, low_res
 
     def _scale(self) -> np.ndarray:

@@ -3,6 +3,7 @@
     anymask segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... [-o DIR]
     anymask video VIDEO --frame N --box X0,Y0,X1,Y1 --object ID ... [-o DIR]
     anymask weights list | fetch NAME | path NAME
+    anymask export MODEL -o DIR [--quantize int8] [--opset N]
     anymask models
 
 Every error anymask raises on purpose is printed on one line (``anymask: error: ...``) and ends the
@@ -25,7 +26,7 @@ logger = logging.getLogger("anymask")
 
 # One module per command in this package, each with ``add_parser(commands, common)`` and ``run(args) -> int``.
 # Listed in the order ``--help`` shows them. Command modules import heavy libraries (torch) inside ``run``.
-COMMANDS = ("segment", "video", "weights", "models")
+COMMANDS = ("segment", "video", "export", "weights", "models")
 
 
 def _command_module(name: str) -> ModuleType:

@@ -49,6 +49,10 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="comma-separated outputs to write: mask (PNG 0/255), cutout (RGBA PNG cropped to the "
                      "object), overlay (PNG of the image with masks, points and boxes), json (default: all)")
     seg.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    seg.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
+                     help="how the networks run: auto (default: onnx on the CPU when onnxruntime is installed, "
+                     "else torch; or $ANYMASK_BACKEND), torch (exact float32 PyTorch), onnx (float32 "
+                     "onnxruntime graphs, exported and cached on first use), onnx-int8 (int8 encoder)")
 
 
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompts(coords, labels, box_arg, image_size=image.shape[:2])  # before the model is loaded
     model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,
                        device=args.device, progress=not args.quiet)
-    predictor = Predictor(model)
+    predictor = Predictor(model, backend=args.backend)
     predictor.set_image(image)
 
     masks, scores, _ = predictor.predict(points=coords, labels=labels, box=box_arg, multimask=multimask)

@@ -107,16 +107,20 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)  # (B, T, C)
 
-        # Every prompt gets its own copy of the image embedding.
-        src = torch.repeat_interleave(image_embeddings, num_prompts, dim=0) + dense_prompt_embeddings
-        pos_src = torch.repeat_interleave(image_pe, num_prompts, dim=0)
-        batch, channels, height, width = src.shape
+        # Without mask prompts the dense embedding is one vector broadcast over the grid and the batch (stride
+        # 0): the image side then enters the transformer once, shared by every prompt, and only becomes
+        # per-prompt where the prompts first update it (saves the first block's image-side projections).
+        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]
+        src = image_embeddings + dense_prompt_embeddings  # (1 or B, C, h, w)
+        channels, height, width = src.shape[1:]
 
-        tokens_out, src = self.transformer(src, pos_src, tokens)
+        tokens_out, src = self.transformer(src, image_pe, tokens)
+        batch = num_prompts
         iou_token_out = tokens_out[:, 0, :]
         mask_tokens_out = tokens_out[:, 1 : 1 + self.num_mask_tokens, :]
 
-        src = src.transpose(1, 2).reshape(batch, channels, height, width)
+        src = src.expand(batch, -1, -1).transpose(1, 2).reshape(batch, channels, height, width)
         upscaled = self.output_upscaling(src)  # (B, C / 8, 4h, 4w)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],

@@ -64,8 +64,9 @@ class TwoWayTransformer(nn.Module):
         """Run the transformer.
 
         Args:
-            image_embedding: ``(B, C, h, w)`` image features.
-            image_pe: ``(B, C, h, w)`` positional encoding of the image features.
+            image_embedding: ``(B, C, h, w)`` image features, or ``(1, C, h, w)`` shared by all ``B``
+                prompts (cheaper: the first block's image-side projections are then computed once).
+            image_pe: ``(B, C, h, w)`` or ``(1, C, h, w)`` positional encoding of the image features.
             point_embedding: ``(B, T, C)`` tokens; also used as their positional encoding.
 
         Returns:
@@ -178,10 +179,16 @@ class Attention(nn.Module):
         return x.reshape(batch, tokens, self.num_heads, width // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Queries ``(B, Nq, C)``, keys and values ``(B, Nk, C)`` -> ``(B, Nq, C)``."""
+        """Queries ``(B, Nq, C)``, keys and values ``(B, Nk, C)`` -> ``(B, Nq, C)``.
+
+        Any of the three may have batch 1 while the others have batch B: it is projected once and broadcast.
+        """
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
+        # An input of batch 1 (the image side before any prompt touched it) is projected once and shared.
+        batch = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (t.expand(batch, -1, -1, -1) if t.shape[0] != batch else t for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.internal_dim))

@@ -1,0 +1,277 @@
+"""ONNX graphs of a SAM-family model: an encoder graph and decoder graphs, plus a JSON that describes them.
+
+Graphs (all float32 unless ``quantize="int8"``; see ``docs/onnx.md`` for the full contract):
+
+``encoder.onnx``
+    ``image`` ``(h, w, 3)`` uint8 RGB, *already resized* so that its longer side is the model's input size
+    (1024 for SAM / MobileSAM; resize with PIL bilinear, or OpenCV area for LiteMedSAM, exactly as
+    :meth:`anymask.Predictor.preprocess` does) -> ``image_embeddings`` ``(1, 256, 64, 64)``. Normalisation and
+    zero padding to the square input happen inside the graph. The resize stays outside: PIL's bilinear filter
+    (an antialiasing filter when shrinking) has no exact ONNX equivalent.
+``decoder.onnx``
+    SAM's ONNX decoder contract, extended: ``image_embeddings``, ``point_coords`` ``(B, N, 2)`` (x, y) pixels
+    of the *original* image, ``point_labels`` ``(B, N)`` (1 foreground, 0 background, 2 / 3 box top-left /
+    bottom-right corner, -1 padding), ``mask_input`` ``(B, 1, 256, 256)``, ``has_mask_input`` ``(B,)``,
+    ``orig_im_size`` ``(2,)`` int64 (H, W), ``multimask`` ``(1,)`` int64 (1: the 3 alternatives, 0: the
+    single mask) -> ``masks`` ``(B, C, H, W)`` logits, ``iou_predictions`` ``(B, C)``, ``low_res_masks``
+    ``(B, C, 256, 256)``. Any B, N, H and W.
+
+The runtime (:mod:`anymask.runtime`) uses lighter decoder graphs (``full_res=False``): they return all four
+mask tokens at low resolution, and have a variant without mask input whose image side is shared by the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .errors import ModelError
+from .fileio import atomic_write_text
+from .modeling import Sam
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+
+class EncoderGraph(nn.Module):
+    """Resized uint8 image ``(h, w, 3)`` -> image embedding ``(1, C, 64, 64)`` (normalise, pad, encode)."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        spec = model.spec
+        self.encoder = model.image_encoder
+        self.size = spec.image_size
+        self.min_max = spec.normalization == "min_max"
+        self.register_buffer("mean", torch.tensor(spec.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(2, 0, 1).unsqueeze(0).float()
+        if self.min_max:
+            low, high = x.min(), x.max()
+            x = (x - low) / torch.clamp(high - low, min=1e-8)
+        else:
+            x = (x - self.mean) / self.std
+        h, w = x.shape[-2], x.shape[-1]
+        x = F.pad(x, (0, self.size - w, 0, self.size - h))
+        return self.encoder(x)
+
+
+class DecoderGraph(nn.Module):
+    """Prompts in original-image pixels -> mask logits and IoU predictions (see the module docstring).
+
+    Args:
+        model: the network.
+        full_res: upsample the selected masks to ``orig_im_size`` and select by the ``multimask`` input (the
+            exported, user-facing graph); else return all mask tokens at low resolution (the runtime's graph).
+        mask_input: take ``mask_input`` / ``has_mask_input``; without, the image side is shared by the batch.
+    """
+
+    def __init__(self, model: Sam, full_res: bool = True, mask_input: bool = True) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.size = model.spec.image_size
+        self.full_res = full_res
+        self.mask_input = mask_input
+        self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().detach().clone())
+
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        embedding = pe.pe_layer.forward_with_coords(coords + 0.5, pe.input_image_size)
+        kind = labels.unsqueeze(-1)
+        embedding = torch.where(kind == -1, pe.not_a_point_embed.weight, embedding)
+        for index in range(pe.num_point_embeddings):
+            embedding = torch.where(kind == index, embedding + pe.point_embeddings[index].weight, embedding)
+        return embedding
+
+    def _resized_size(self, orig_im_size: torch.Tensor) -> torch.Tensor:
+        """``(h, w)`` int64 of the image resized to the model's input size (SAM's rounding)."""
+        size = orig_im_size.to(torch.float32)
+        scale = self.size / torch.max(size)
+        return torch.clamp(torch.floor(size * scale + 0.5), min=1).to(torch.int64)
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input=None, has_mask_input=None,
+                orig_im_size=None, multimask=None):
+        resized = self._resized_size(orig_im_size)
+        scale = resized.to(torch.float32) / orig_im_size.to(torch.float32)  # (sy, sx)
+        coords = point_coords * torch.stack([scale[1], scale[0]])
+        sparse = self._embed_points(coords, point_labels.to(torch.int64))
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        if self.mask_input:
+            flag = has_mask_input.reshape(-1, 1, 1, 1)
+            dense = flag * self.prompt_encoder.mask_downscaling(mask_input) + (1 - flag) * no_mask
+        else:
+            dense = no_mask
+        low_res, iou = self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)
+        if not self.full_res:
+            return low_res, iou
+        start = multimask.reshape(()).to(torch.int64)
+        stop = 1 + 3 * start
+        low_res, iou = low_res[:, start:stop], iou[:, start:stop]
+        masks = F.interpolate(low_res, (self.size, self.size), mode="bilinear", align_corners=False)
+        masks = masks[..., : resized[0], : resized[1]]
+        masks = F.interpolate(masks, (orig_im_size[0], orig_im_size[1]), mode="bilinear", align_corners=False)
+        return masks, iou, low_res
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+            dynamic_axes: dict, opset: int) -> None:
+    """Trace ``module`` to ``path`` (written atomically) with the TorchScript-based exporter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), args, tmp, input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+                              do_constant_folding=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_encoder(model: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
+    """Write the encoder graph (input ``image`` ``(h, w, 3)`` uint8, output ``image_embeddings``)."""
+    path = Path(path)
+    size = model.spec.image_size
+    dummy = torch.randint(0, 256, (size * 3 // 4, size, 3), dtype=torch.uint8)
+    _export(EncoderGraph(model), (dummy,), path, ["image"], ["image_embeddings"],
+            {"image": {0: "height", 1: "width"}}, opset)
+    return path
+
+
+def export_decoder(model: Sam, path: str | os.PathLike, full_res: bool = True, mask_input: bool = True,
+                   opset: int = DEFAULT_OPSET) -> Path:
+    """Write a decoder graph (see :class:`DecoderGraph` for ``full_res`` and ``mask_input``)."""
+    path = Path(path)
+    grid = model.prompt_encoder.image_embedding_size
+    low = model.prompt_encoder.mask_input_size
+    embed = torch.randn(1, model.prompt_encoder.embed_dim, *grid)
+    coords = torch.randint(0, 600, (2, 3, 2)).float()
+    labels = torch.tensor([[1, 0, -1], [2, 3, 1]], dtype=torch.float32)
+    args: list = [embed, coords, labels]
+    names = ["image_embeddings", "point_coords", "point_labels"]
+    axes: dict = {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"}}
+    if mask_input:
+        args += [torch.randn(2, 1, *low), torch.tensor([1.0, 0.0])]
+        names += ["mask_input", "has_mask_input"]
+        axes.update({"mask_input": {0: "batch"}, "has_mask_input": {0: "batch"}})
+    else:
+        args += [None, None]
+    args.append(torch.tensor([480, 640], dtype=torch.int64))
+    names.append("orig_im_size")
+    if full_res:
+        args.append(torch.tensor([1], dtype=torch.int64))
+        names.append("multimask")
+        outputs = ["masks", "iou_predictions", "low_res_masks"]
+        axes.update({"masks": {0: "batch", 1: "num_masks", 2: "height", 3: "width"},
+                     "iou_predictions": {0: "batch", 1: "num_masks"}, "low_res_masks": {0: "batch", 1: "num_masks"}})
+    else:
+        outputs = ["low_res_masks", "iou_predictions"]
+        axes.update({"low_res_masks": {0: "batch"}, "iou_predictions": {0: "batch"}})
+    graph = DecoderGraph(model, full_res=full_res, mask_input=mask_input)
+    kwargs_order = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
+                    "orig_im_size", "multimask"]
+    values = dict(zip(kwargs_order, args))
+    call_args = tuple(values.get(name) for name in kwargs_order[: len(args)])
+    _export(graph, call_args, path, names, outputs, axes, opset)
+    return path
+
+
+def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Dynamic int8 quantisation of the weight MatMuls of ``source`` (per channel), written to ``target``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source))
+    constants = {i.name for i in graph.graph.initializer}
+    constants |= {o for n in graph.graph.node if n.op_type == "Constant" for o in n.output}
+    exclude = [n.name for n in graph.graph.node
+               if n.op_type in ("MatMul", "Gemm", "Conv") and n.input[1] not in constants]
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def describe(model: Sam, quantize: str | None, opset: int) -> dict:
+    """The JSON description of the exported graphs (inputs, outputs, conventions)."""
+    spec = model.spec
+    return {
+        "model": spec.name, "anymask_version": __version__, "opset": opset, "quantize": quantize,
+        "image_size": spec.image_size, "resize": spec.resize, "normalization": spec.normalization,
+        "mask_threshold": float(model.mask_threshold),
+        "encoder": {
+            "file": "encoder.onnx",
+            "inputs": {"image": {"dtype": "uint8", "shape": ["height", "width", 3],
+                                 "meaning": f"RGB resized so that max(height, width) == {spec.image_size} "
+                                            f"({spec.resize} resize); normalised and padded inside"}},
+            "outputs": {"image_embeddings": {"dtype": "float32", "shape": [1, 256, 64, 64]}},
+        },
+        "decoder": {
+            "file": "decoder.onnx",
+            "inputs": {
+                "image_embeddings": {"dtype": "float32", "shape": [1, 256, 64, 64]},
+                "point_coords": {"dtype": "float32", "shape": ["batch", "num_points", 2],
+                                 "meaning": "(x, y) pixels of the original image"},
+                "point_labels": {"dtype": "float32", "shape": ["batch", "num_points"],
+                                 "meaning": "1 foreground, 0 background, 2 box top-left, 3 box bottom-right, "
+                                            "-1 padding (add one padding point when there is no box)"},
+                "mask_input": {"dtype": "float32", "shape": ["batch", 1, 256, 256],
+                               "meaning": "low_res_masks of an earlier call"},
+                "has_mask_input": {"dtype": "float32", "shape": ["batch"], "meaning": "1 to use mask_input"},
+                "orig_im_size": {"dtype": "int64", "shape": [2], "meaning": "(height, width) of the original"},
+                "multimask": {"dtype": "int64", "shape": [1], "meaning": "1: 3 alternatives, 0: one mask"},
+            },
+            "outputs": {
+                "masks": {"dtype": "float32", "shape": ["batch", "num_masks", "height", "width"],
+                          "meaning": "logits at the original size; mask = logits > mask_threshold"},
+                "iou_predictions": {"dtype": "float32", "shape": ["batch", "num_masks"]},
+                "low_res_masks": {"dtype": "float32", "shape": ["batch", "num_masks", 256, 256]},
+            },
+        },
+    }
+
+
+def export_model(model: Sam, out_dir: str | os.PathLike, quantize: str | None = None,
+                 opset: int = DEFAULT_OPSET) -> dict[str, Path]:
+    """Write ``encoder.onnx``, ``decoder.onnx`` and ``model.json`` to ``out_dir``; return their paths.
+
+    With ``quantize="int8"`` the encoder's weight MatMuls are quantised (dynamic int8, per channel).
+    """
+    if quantize not in (None, "int8"):
+        raise ModelError(f"quantize must be None or 'int8', not {quantize!r}")
+    if getattr(model, "spec", None) is None:
+        raise ModelError("the model has no spec: build it with anymask.load_model()")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = export_encoder(model, out / "encoder.onnx", opset=opset)
+    if quantize == "int8":
+        quantize_int8(encoder, encoder)
+    decoder = export_decoder(model, out / "decoder.onnx", full_res=True, mask_input=True, opset=opset)
+    meta = atomic_write_text(out / "model.json", json.dumps(describe(model, quantize, opset), indent=2) + "\n")
+    return {"encoder": encoder, "decoder": decoder, "json": meta}
+
+
+__all__ = ["EncoderGraph", "DecoderGraph", "export_encoder", "export_decoder", "export_model", "quantize_int8",
+           "describe"]

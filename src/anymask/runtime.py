@@ -1,0 +1,181 @@
+"""Execution backends of the :class:`~anymask.Predictor`: PyTorch, or onnxruntime on exported graphs.
+
+``backend`` names (``Predictor(model, backend=...)``, ``anymask segment --backend``):
+
+- ``"torch"``: the networks in PyTorch, float32, exact;
+- ``"onnx"``: the encoder and the decoder as ONNX graphs in onnxruntime, float32 (masks IoU >= 0.999 against
+  ``"torch"``);
+- ``"onnx-int8"``: as ``"onnx"`` with the encoder's weight MatMuls quantised to int8 (dynamic, per channel);
+- ``"auto"`` (the default): the ``ANYMASK_BACKEND`` environment variable when set, else ``"onnx"`` when
+  onnxruntime can be imported and the model is on the CPU, else ``"torch"``.
+
+The graphs are exported on first use and cached under ``<anymask_home()>/onnx/<key>/``, the key being a hash of
+the model's name, its weights, the anymask, torch and onnxruntime versions and the options; a cache folder is
+written under a temporary name and renamed into place, so concurrent first uses never see a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, weights
+from .errors import ModelError
+from .modeling import Sam
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+#: environment variable that chooses the backend of ``backend="auto"``
+BACKEND_ENV = "ANYMASK_BACKEND"
+
+#: graph files of the runtime cache
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder_low_res.onnx"  # with mask input
+DECODER_NO_MASK_FILE = "decoder_low_res_no_mask.onnx"  # image side shared by the batch
+
+
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime (and onnx, needed to export) can be imported."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str | None, model: Sam) -> str:
+    """The concrete backend (``"torch"``, ``"onnx"`` or ``"onnx-int8"``) for a requested one."""
+    backend = backend or "auto"
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV, "").strip() or "auto"
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        usable = onnxruntime_available() and getattr(model, "spec", None) is not None
+        return "onnx" if usable and model.device.type == "cpu" else "torch"
+    if not onnxruntime_available():
+        raise ModelError(f"backend {backend!r} needs the onnxruntime and onnx packages")
+    if model.device.type != "cpu":
+        raise ModelError(f"backend {backend!r} runs on the CPU; the model is on {model.device}")
+    return backend
+
+
+def weights_digest(model: Sam) -> str:
+    """sha256 of the model's parameters and buffers (names, shapes and bytes), as hex."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def graphs_dir(model: Sam, quantize: str | None, opset: int) -> Path:
+    """The cache folder of ``model``'s runtime graphs for these options (may not exist yet)."""
+    import onnxruntime
+
+    parts = [model.spec.name, weights_digest(model), __version__, torch.__version__, onnxruntime.__version__,
+             str(quantize), str(opset)]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return weights.anymask_home() / "onnx" / f"{model.spec.name}-{quantize or 'fp32'}-{key}"
+
+
+def build_graphs(model: Sam, quantize: str | None = None, opset: int | None = None) -> Path:
+    """Export (once) and return the folder holding the runtime graphs of ``model``."""
+    from .export import DEFAULT_OPSET, export_decoder, export_encoder, quantize_int8
+
+    opset = opset or DEFAULT_OPSET
+    folder = graphs_dir(model, quantize, opset)
+    if all((folder / name).is_file() for name in (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE)):
+        return folder
+    logger.info("exporting %s to ONNX (once; cached in %s)", model.spec.name, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        export_encoder(model, tmp / ENCODER_FILE, opset=opset)
+        if quantize == "int8":
+            quantize_int8(tmp / ENCODER_FILE, tmp / ENCODER_FILE)
+        export_decoder(model, tmp / DECODER_FILE, full_res=False, mask_input=True, opset=opset)
+        export_decoder(model, tmp / DECODER_NO_MASK_FILE, full_res=False, mask_input=False, opset=opset)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first (the folder exists and is not empty)
+            if not (folder / ENCODER_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+class OnnxRunner:
+    """The encoder and decoder graphs of one model in onnxruntime sessions.
+
+    Args:
+        model: the network (exported on first use, see :func:`build_graphs`).
+        quantize: ``None`` (float32) or ``"int8"`` (the encoder's weight MatMuls).
+        threads: intra-op threads; default ``torch.get_num_threads()``.
+    """
+
+    def __init__(self, model: Sam, quantize: str | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        folder = build_graphs(model, quantize)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # no arena: onnxruntime's arena keeps its high-water mark (the encoder's activations) for the life of
+        # the session; without it the peak RSS of a predictor drops by hundreds of MB at no measurable cost.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False  # one block for all activations, planned ahead: a higher peak
+
+        def session(name: str):
+            return ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+
+        self.encoder = session(ENCODER_FILE)
+        self.decoder = session(DECODER_FILE)
+        self.decoder_no_mask = session(DECODER_NO_MASK_FILE)
+
+    def encode(self, resized: np.ndarray) -> np.ndarray:
+        """Resized ``(h, w, 3)`` uint8 RGB (longer side = the model's input size) -> ``(1, C, 64, 64)``."""
+        return self.encoder.run(None, {"image": np.ascontiguousarray(resized, dtype=np.uint8)})[0]
+
+    def decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
+               original_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """All mask tokens of a batch of prompts: ``(B, 4, 256, 256)`` logits and ``(B, 4)`` IoU predictions.
+
+        Args:
+            features: ``(1, C, 64, 64)`` image embedding.
+            coords: ``(B, N, 2)`` (x, y) pixels of the original image.
+            labels: ``(B, N)``: 1 / 0 points, 2 / 3 box corners, -1 padding.
+            mask_input: ``(B, 1, 256, 256)`` logits or None.
+            original_size: ``(H, W)``.
+        """
+        feed = {
+            "image_embeddings": np.ascontiguousarray(features, dtype=np.float32),
+            "point_coords": np.ascontiguousarray(coords, dtype=np.float32),
+            "point_labels": np.ascontiguousarray(labels, dtype=np.float32),
+            "orig_im_size": np.asarray(original_size, dtype=np.int64),
+        }
+        if mask_input is None:
+            low_res, iou = self.decoder_no_mask.run(None, feed)
+        else:
+            feed["mask_input"] = np.ascontiguousarray(mask_input, dtype=np.float32)
+            feed["has_mask_input"] = np.ones(len(coords), dtype=np.float32)
+            low_res, iou = self.decoder.run(None, feed)
+        return low_res, iou
+
+
+__all__ = ["BACKENDS", "OnnxRunner", "build_graphs", "graphs_dir", "onnxruntime_available", "resolve_backend",
+           "weights_digest"]
