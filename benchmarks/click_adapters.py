@@ -11,24 +11,36 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anymask.evaluation import Click
+from anymask.fileio import atomic_write_bytes
 
 
 class ReferenceAdapter:
     """The official ``SamPredictor`` under SAM's interactive protocol (see the module docstring)."""
 
-    def __init__(self, ref, cache: "EmbeddingCache | None" = None) -> None:
-        self.ref, self.cache = ref, cache
+    def __init__(self, ref, cache: "EmbeddingCache | None" = None, share: bool = False) -> None:
+        """``share``: take the image embedding from anymask's encoder (via ``cache``) instead of running the
+        reference encoder (the two agree to ~1e-4 on the same weights; the decoder and protocol stay the
+        official ones)."""
+        self.ref, self.cache, self.share = ref, cache, share
         self.points: list[tuple[float, float]] = []
         self.labels: list[int] = []
         self.logits: np.ndarray | None = None
 
     def set_image(self, image: np.ndarray, key: str) -> None:
+        if self.share and self.cache is not None:
+            embedding = self.cache.embed(image, key)
+            self.ref.reset_image()
+            self.ref.features = torch.from_numpy(np.asarray(embedding.features, dtype=np.float32))
+            self.ref.original_size, self.ref.input_size = embedding.original_size, embedding.input_size
+            self.ref.is_image_set = True
+            return
         path = None if self.cache is None else self.cache.path("reference", key)
         if path is not None and path.exists():
             with np.load(path) as data:
@@ -40,8 +52,10 @@ class ReferenceAdapter:
             return
         self.ref.set_image(image)
         if path is not None:
-            np.savez(path, features=self.ref.features.numpy(), original_size=np.array(self.ref.original_size),
+            buffer = io.BytesIO()
+            np.savez(buffer, features=self.ref.features.numpy(), original_size=np.array(self.ref.original_size),
                      input_size=np.array(self.ref.input_size))
+            atomic_write_bytes(path, buffer.getvalue())
 
     def new_object(self) -> None:
         self.points, self.labels, self.logits = [], [], None

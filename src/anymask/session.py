@@ -11,7 +11,8 @@ best in ``benchmarks/click_benchmark.py`` (see ``docs/interactive.md``)::
     session.undo()                              # back to the mask after the first click
 
 Coordinates are pixels of the original image: clicks ``(x, y)`` (x = column, y = row), boxes XYXY.
-Passing the RGB ``image`` (the one the predictor holds) enables zoom-in refinement: once the object is
+Passing the RGB ``image`` (the one the predictor holds) makes zoom-in refinement possible for strategies
+that ask for it (``zoom_after``; off by default, it did not pay on GrabCut / Berkeley): once the object is
 roughly known, a crop around it is encoded again at the encoder's full resolution and the clicks are
 decoded there (one extra encoder run per crop).
 """
@@ -40,29 +41,37 @@ class SessionStrategy:
 
     Attributes:
         multimask: ``"first"``: three candidates for a lone first click, one mask afterwards (SAM's
-            protocol); ``"always"``: three candidates on every click-only step.
+            protocol); ``"always"``: three candidates on every click-only step; ``"both"``: after the first
+            click, the single-mask output and the three candidates compete (two decoder runs).
         select: which candidate to keep: ``"score"`` = highest predicted IoU; ``"consistent"`` = the
             candidate that agrees with most clicks (positive clicks inside, negative outside), ties broken
             by predicted IoU.
+        prefer_larger: among the candidates chosen by ``select``, those whose predicted IoU is within this
+            margin of the best one compete and the largest mask wins (a click usually means the whole
+            object, not a part of it); 0 keeps the best-scored candidate.
         feed_logits: give the previous step's low-resolution logits back as ``mask_input``.
         zoom_after: from this many clicks on, decode in a crop around the object encoded at full
             resolution; ``None`` never zooms. Needs the image (see :class:`InteractiveSession`).
         zoom_box: zoom at once when a box is given (the box locates the object).
         zoom_max_area: zoom only when the crop covers at most this fraction of the image.
         zoom_margin: the crop is the object's box grown by this fraction of its width/height on each side.
+        zoom_keep_object: in the crop, keep the candidate closest to the whole-image mask (the crop refines
+            the object chosen on the whole image instead of choosing again).
         zoom_min_side: the crop's smallest side in pixels (tiny objects keep some context).
         min_region: remove islands (and fill holes) smaller than this fraction of the mask's area, unless
             they hold a click; 0 keeps the raw mask.
     """
 
-    multimask: Literal["first", "always"] = "always"
+    multimask: Literal["first", "always", "both"] = "both"
     select: Literal["score", "consistent"] = "consistent"
-    feed_logits: bool = False
-    zoom_after: int | None = 3
+    prefer_larger: float = 0.0
+    feed_logits: bool = True
+    zoom_after: int | None = None
     zoom_box: bool = False
     zoom_max_area: float = 0.6
     zoom_margin: float = 0.4
     zoom_min_side: int = 48
+    zoom_keep_object: bool = False
     min_region: float = 0.0
 
 
@@ -143,6 +152,11 @@ class InteractiveSession:
         """The current XYXY box prompt, or None."""
         return None if self._state.box is None else self._state.box.copy()
 
+    @property
+    def crop(self) -> tuple[int, int, int, int] | None:
+        """The zoom-in crop (XYXY, integer pixel edges) the current mask was decoded in, or None."""
+        return self._state.crop
+
     def add_click(self, x: float, y: float, positive: bool = True) -> np.ndarray:
         """Add a click at pixel ``(x, y)`` (foreground if ``positive``) and return the new ``(H, W)`` mask.
 
@@ -206,7 +220,8 @@ class InteractiveSession:
             crop_box = None if box is None else np.clip(box - np.tile(crop[:2], 2), 0, None)
             if crop_box is not None:
                 crop_box = np.minimum(crop_box, np.tile([crop[2] - crop[0], crop[3] - crop[1]], 2))
-            logits, score, crop_mask = self._decode(zoom, inside, crop_box, feed, crop[:2])
+            like = mask[crop[1]:crop[3], crop[0]:crop[2]] if self.strategy.zoom_keep_object else None
+            logits, score, crop_mask = self._decode(zoom, inside, crop_box, feed, crop[:2], like)
             mask = np.zeros(self.size, dtype=bool)
             mask[crop[1]:crop[3], crop[0]:crop[2]] = crop_mask
             state.crop, state.crop_logits, state.score, state.mask = crop, logits, score, mask
@@ -218,17 +233,25 @@ class InteractiveSession:
         self._state = state
         return self.mask
 
-    def _decode(self, predictor: "Predictor", clicks, box, previous_logits, offset):
-        """One decoder run in ``predictor``'s frame; returns ``(logits (256, 256), score, mask (h, w))``."""
+    def _decode(self, predictor: "Predictor", clicks, box, previous_logits, offset, like=None):
+        """One decoder run in ``predictor``'s frame; returns ``(logits (256, 256), score, mask (h, w))``.
+
+        With ``like`` (an ``(h, w)`` bool mask in the same frame) the candidate closest to it (IoU) is kept
+        among those that agree with most clicks: zooming refines the object chosen on the whole image.
+        """
         strategy = self.strategy
         points = labels = None
         if clicks:
             points = np.array([(c[0] - offset[0], c[1] - offset[1]) for c in clicks], dtype=np.float64)
             labels = np.array([int(c[2]) for c in clicks])
-        multimask = box is None and (len(clicks) == 1 or strategy.multimask == "always")
+        lone = box is None and len(clicks) == 1
+        multimask = box is None and (lone or strategy.multimask != "first")
         mask_input = previous_logits[None] if strategy.feed_logits and previous_logits is not None else None
         low, scores = predictor.predict_low_res(points, labels, box, mask_input, multimask=multimask)
         low, scores = low[0], scores[0]
+        if multimask and not lone and strategy.multimask == "both":
+            single, single_score = predictor.predict_low_res(points, labels, box, mask_input, multimask=False)
+            low, scores = np.concatenate([single[0], low]), np.concatenate([single_score[0], scores])
         masks = predictor.masks_from_low_res(low)
         order = np.argsort(-scores, kind="stable")
         if strategy.select == "consistent" and points is not None and len(order) > 1:
@@ -236,7 +259,16 @@ class InteractiveSession:
             ys = np.clip(np.round(points[:, 1]).astype(int), 0, masks.shape[-2] - 1)
             agree = (masks[:, ys, xs] == labels.astype(bool)[None]).sum(axis=1)
             order = sorted(order, key=lambda i: -agree[i])  # stable: keeps score order among ties
+            order = [i for i in order if agree[i] == agree[order[0]]]
+        if like is not None and len(order) > 1:
+            inter = (masks & like).reshape(len(masks), -1).sum(axis=1)
+            union = (masks | like).reshape(len(masks), -1).sum(axis=1)
+            order = sorted(order, key=lambda i: -inter[i] / max(union[i], 1))
         best = int(order[0])
+        if strategy.prefer_larger > 0 and len(order) > 1:
+            near = [i for i in order if scores[i] >= scores[best] - strategy.prefer_larger]
+            areas = masks.reshape(len(masks), -1).sum(axis=1)
+            best = int(max(near, key=lambda i: areas[i]))  # max keeps the first (best-scored) among ties
         return low[best], float(scores[best]), masks[best]
 
     def _zoom_crop(self, clicks, box, mask: np.ndarray, previous: Crop | None) -> Crop | None:
