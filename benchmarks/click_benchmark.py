@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -60,6 +58,7 @@ VARIANTS: dict[str, SessionStrategy] = {
                                       zoom_max_area=0.8),
     "both_feed_zoom1_keep": SessionStrategy(multimask="both", select="consistent", feed_logits=True, zoom_after=1,
                                            zoom_max_area=0.8, zoom_keep_object=True),
+    "refine": SessionStrategy(multimask="both", select="refine", feed_logits=True, zoom_after=None),
     "default": DEFAULT_STRATEGY,
 }
 
@@ -117,7 +116,8 @@ def run(args) -> dict:
                         result.ious[0], result.box_iou)
     report = {"instances": {d: sum(1 for r in instances if r["dataset"] == d) for d in args.datasets},
               "every": args.every, "model": "mobile_sam", "machine": platform.platform(),
-              "threads": args.threads, "shared_embeddings": args.share_embeddings, "results": {}, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+              "threads": args.threads, "shared_embeddings": args.share_embeddings, "results": {},
+              "seconds": {k: round(v, 1) for k, v in seconds.items()},
               "strategies": {n: (DEFAULT_STRATEGY if n == "anymask" else VARIANTS[n]).__dict__
                              for n in args.variants},
               "noc90_per_instance": {}}
@@ -131,8 +131,8 @@ def markdown(report: dict) -> str:
     columns = ["NoC@85", "NoC@90", ">=20@90", "mIoU@1", "mIoU@3", "mIoU@5", "box mIoU"]
     lines = []
     for dataset, count in report["instances"].items():
-        lines += [f"**{dataset}** ({count} instances{'' if report['every'] == 1 else ', every ' + str(report['every'])})",
-                  "", "| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        subset = "" if report["every"] == 1 else f", every {report['every']}th"
+        lines += [f"**{dataset}** ({count} instances{subset})", "", "| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for name, by_set in report["results"].items():
             row = by_set[dataset]
             cells = [f"{row[c]:.2f}" if c.startswith("NoC") else f"{row[c]}" if c.startswith(">=")

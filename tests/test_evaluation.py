@@ -144,23 +144,19 @@ def real_objects(shared_data: Path) -> list[tuple[str, np.ndarray, np.ndarray, n
 
 
 @pytest.mark.slow
-def test_protocol_on_real_images_session_and_reference(real_objects, mobile_sam, mobile_sam_checkpoint):
+def test_protocol_on_real_images_session_and_reference(real_objects, mobile_sam, mobile_sam_checkpoint,
+                                                       tmp_path):
     pytest.importorskip("mobile_sam")
     from anymask import Predictor
-    from benchmarks.click_adapters import ReferenceAdapter
+    from benchmarks.click_adapters import EmbeddingCache, ReferenceAdapter
     from benchmarks.reference import reference_predictor
 
-    encoder = Predictor(mobile_sam)
-    embeddings = {}
-
-    def embed(image, key):  # one anymask encoder run per image, shared by both session strategies
-        if key not in embeddings:
-            embeddings[key] = encoder.set_image(image)
-        return embeddings[key]
-
-    reference = ReferenceAdapter(reference_predictor("mobile_sam", mobile_sam_checkpoint))  # its own encoder
-    sam_protocol = SessionAdapter(Predictor(mobile_sam), SAM_STRATEGY, embed=embed)
-    default = SessionAdapter(Predictor(mobile_sam), embed=embed)  # the session's default strategy
+    # one anymask encoder run per image, shared by all three systems as in the benchmark's
+    # --share-embeddings (encoder parity with the reference is tested in test_parity.py)
+    cache = EmbeddingCache(tmp_path, Predictor(mobile_sam))
+    reference = ReferenceAdapter(reference_predictor("mobile_sam", mobile_sam_checkpoint), cache, share=True)
+    sam_protocol = SessionAdapter(Predictor(mobile_sam), SAM_STRATEGY, embed=cache.embed)
+    default = SessionAdapter(Predictor(mobile_sam), embed=cache.embed)  # the session's default strategy
     for key, image, gt, ignore in real_objects:
         results = {}
         for name, system in (("reference", reference), ("sam", sam_protocol), ("default", default)):
@@ -177,3 +173,4 @@ def test_protocol_on_real_images_session_and_reference(real_objects, mobile_sam,
         for result in results.values():  # MobileSAM finds these objects well within three clicks
             assert max(result.ious[:3]) > 0.8, (key, result.ious[:3])
             assert result.box_iou > 0.7
+    assert cache.encoder_runs == len(real_objects)

@@ -89,7 +89,7 @@ def test_zoom_in_encodes_a_crop_around_the_object(predictor, astronaut):
     session = predictor.session(astronaut, strategy=strategy)
     before = predictor.embedding.features.copy()
     first = session.add_click(*SHUTTLE_CLICK)
-    assert session.crop_encodings == 0
+    assert session.crop_encodings == 0 and session.crop is None and first.any()
     zoomed = session.add_click(*SKY_CLICK, positive=False)
     assert session.crop_encodings == 1  # the shuttle is small: one crop, encoded once
     assert zoomed.shape == (H, W) and zoomed[int(SHUTTLE_CLICK[1]), int(SHUTTLE_CLICK[0])]

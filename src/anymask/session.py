@@ -45,7 +45,8 @@ class SessionStrategy:
             click, the single-mask output and the three candidates compete (two decoder runs).
         select: which candidate to keep: ``"score"`` = highest predicted IoU; ``"consistent"`` = the
             candidate that agrees with most clicks (positive clicks inside, negative outside), ties broken
-            by predicted IoU.
+            by predicted IoU; ``"refine"`` (with ``multimask="both"``): the single-mask refinement (SAM's
+            step) unless one of the three candidates agrees with more clicks.
         prefer_larger: among the candidates chosen by ``select``, those whose predicted IoU is within this
             margin of the best one compete and the largest mask wins (a click usually means the whole
             object, not a part of it); 0 keeps the best-scored candidate.
@@ -63,7 +64,7 @@ class SessionStrategy:
     """
 
     multimask: Literal["first", "always", "both"] = "both"
-    select: Literal["score", "consistent"] = "consistent"
+    select: Literal["score", "consistent", "refine"] = "consistent"
     prefer_larger: float = 0.0
     feed_logits: bool = True
     zoom_after: int | None = None
@@ -253,8 +254,10 @@ class InteractiveSession:
             single, single_score = predictor.predict_low_res(points, labels, box, mask_input, multimask=False)
             low, scores = np.concatenate([single[0], low]), np.concatenate([single_score[0], scores])
         masks = predictor.masks_from_low_res(low)
-        order = np.argsort(-scores, kind="stable")
-        if strategy.select == "consistent" and points is not None and len(order) > 1:
+        order = list(np.argsort(-scores, kind="stable"))
+        if strategy.select == "refine" and len(low) == 4:  # the single-mask refinement comes first
+            order = [0] + [i for i in order if i != 0]
+        if strategy.select in ("consistent", "refine") and points is not None and len(order) > 1:
             xs = np.clip(np.round(points[:, 0]).astype(int), 0, masks.shape[-1] - 1)
             ys = np.clip(np.round(points[:, 1]).astype(int), 0, masks.shape[-2] - 1)
             agree = (masks[:, ys, xs] == labels.astype(bool)[None]).sum(axis=1)
