@@ -22,7 +22,7 @@ from anymask.evaluation import (
     summarize,
 )
 from anymask.images import load_image
-from anymask.session import SAM_STRATEGY
+from anymask.session import BOTH_CONSISTENT_STRATEGY, SAM_STRATEGY
 
 from conftest import load_mask, read_index
 
@@ -156,10 +156,10 @@ def test_protocol_on_real_images_session_and_reference(real_objects, mobile_sam,
     cache = EmbeddingCache(tmp_path, Predictor(mobile_sam))
     reference = ReferenceAdapter(reference_predictor("mobile_sam", mobile_sam_checkpoint), cache, share=True)
     sam_protocol = SessionAdapter(Predictor(mobile_sam), SAM_STRATEGY, embed=cache.embed)
-    default = SessionAdapter(Predictor(mobile_sam), embed=cache.embed)  # the session's default strategy
+    both = SessionAdapter(Predictor(mobile_sam), BOTH_CONSISTENT_STRATEGY, embed=cache.embed)
     for key, image, gt, ignore in real_objects:
         results = {}
-        for name, system in (("reference", reference), ("sam", sam_protocol), ("default", default)):
+        for name, system in (("reference", reference), ("sam", sam_protocol), ("both", both)):
             system.set_image(image, key)
             results[name] = evaluate_instance(system, gt, ignore, name=key, max_clicks=3, min_clicks=3)
         ref = results["reference"]
