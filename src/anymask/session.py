@@ -1,8 +1,9 @@
 """Interactive segmentation: click until the mask is right (:class:`InteractiveSession`).
 
 A session turns a growing list of clicks (and an optional box) into one mask on the predictor's current
-image. How prompts are turned into a mask is a :class:`SessionStrategy`; the default is the one measured
-best in ``benchmarks/click_benchmark.py`` (see ``docs/interactive.md``)::
+image. How prompts are turned into a mask is a :class:`SessionStrategy`; the default is SAM's own
+protocol, which no alternative measured in ``benchmarks/click_benchmark.py`` beat (see
+``docs/interactive.md``)::
 
     predictor.set_image(image)
     session = predictor.session(image)          # or InteractiveSession(predictor, image)
