@@ -21,7 +21,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -37,6 +37,9 @@ from .models import ModelSpec
 from .modeling import Sam
 from .prompts import Prompts, check_prompts
 from .runtime import OnnxRunner, resolve_backend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import InteractiveSession
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -426,6 +429,16 @@ class Predictor:
         x = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
         x = x[..., :h, :w]
         return F.interpolate(x, self.embedding.original_size, mode="bilinear", align_corners=False)
+
+    def session(self, image: Any = None, **options: Any) -> "InteractiveSession":
+        """An :class:`~anymask.session.InteractiveSession` (clicks, box, undo) on the current image.
+
+        Pass the same RGB ``image`` to enable zoom-in refinement; ``options`` go to the session
+        (``strategy=``, ``encode_crop=``).
+        """
+        from .session import InteractiveSession
+
+        return InteractiveSession(self, image, **options)
 
 
 __all__ = ["Predictor", "ImageEmbedding", "resized_shape"]
