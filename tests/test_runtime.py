@@ -94,9 +94,10 @@ def test_exported_graphs_match_torch(exported, torch_predictor, shape):
 
 @pytest.mark.slow
 def test_onnx_backend_matches_torch_on_real_photos(onnx_predictor, torch_predictor, real_instances):
-    """Clicks, boxes, a box batch and a 64-point low-res batch: masks IoU >= 0.999 against torch fp32."""
+    """Clicks, boxes, a box batch and a 24-point low-res batch (3 decoder chunks, as the automatic mask generator
+    decodes): masks IoU >= 0.999 against torch fp32."""
     ious = []
-    for row in real_instances[::4]:
+    for index, row in enumerate(real_instances[::6]):
         mask = load_mask(row["mask"])
         ys, xs = np.nonzero(mask)
         point = [[float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]]
@@ -108,11 +109,13 @@ def test_onnx_backend_matches_torch_on_real_photos(onnx_predictor, torch_predict
                        {"box": boxes, "points": point, "labels": [1], "multimask": False}):
             got, want = onnx_predictor.predict(**kwargs)[0], torch_predictor.predict(**kwargs)[0]
             ious += [iou(a, b) for a, b in zip(got.reshape(-1, *mask.shape), want.reshape(-1, *mask.shape))]
-        grid = np.stack(np.meshgrid(np.linspace(5, mask.shape[1] - 5, 8), np.linspace(5, mask.shape[0] - 5, 8)), -1)
-        grid = grid.reshape(64, 1, 2)
-        got, got_scores = onnx_predictor.predict_low_res(points=grid, labels=np.ones((64, 1)))
-        want, want_scores = torch_predictor.predict_low_res(points=grid, labels=np.ones((64, 1)))
-        assert got.shape == want.shape == (64, 3, 256, 256)
+        if index:
+            continue
+        grid = np.stack(np.meshgrid(np.linspace(5, mask.shape[1] - 5, 6), np.linspace(5, mask.shape[0] - 5, 4)), -1)
+        grid = grid.reshape(24, 1, 2)
+        got, got_scores = onnx_predictor.predict_low_res(points=grid, labels=np.ones((24, 1)))
+        want, want_scores = torch_predictor.predict_low_res(points=grid, labels=np.ones((24, 1)))
+        assert got.shape == want.shape == (24, 3, 256, 256)
         np.testing.assert_allclose(got_scores, want_scores, atol=2e-3)
         ious += [iou(a > 0, b > 0) for a, b in zip(got.reshape(-1, 256, 256), want.reshape(-1, 256, 256))]
     assert min(ious) >= 0.999, sorted(ious)[:5]
