@@ -19,6 +19,7 @@ skips grid points that already lie inside a mask accepted with predicted IoU >= 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -138,10 +139,24 @@ class AutomaticMaskGenerator:
             PromptError: a parameter is out of range.
         """
         self._configure(
-            points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset,
-            box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio, crop_n_points_downscale_factor,
-            point_grids, min_mask_region_area, output_mode, stability_prefilter_margin, skip_covered_points,
-            skip_iou_thresh, upsample_chunk, decode_chunk,
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            point_grids=point_grids,
+            min_mask_region_area=min_mask_region_area,
+            output_mode=output_mode,
+            stability_prefilter_margin=stability_prefilter_margin,
+            skip_covered_points=skip_covered_points,
+            skip_iou_thresh=skip_iou_thresh,
+            upsample_chunk=upsample_chunk,
+            decode_chunk=decode_chunk,
         )
         self.predictor = model if isinstance(model, Predictor) else Predictor(model)
         #: counts and seconds per stage of the last :meth:`generate` call
@@ -154,29 +169,36 @@ class AutomaticMaskGenerator:
         Raises:
             PromptError: an option is out of range.
         """
-        cls.__new__(cls)._configure(**options)
+        params = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(options) - set(params) - {"self", "model"})
+        if unknown:
+            raise TypeError(f"unknown generator options: {', '.join(unknown)}")
+        values = {name: options.get(name, p.default) for name, p in params.items() if name not in ("self", "model")}
+        cls.__new__(cls)._configure(**values)
 
     def _configure(
         self,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
-        point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
-        output_mode: str = "binary_mask",
-        stability_prefilter_margin: float = 0.05,
-        skip_covered_points: bool = False,
-        skip_iou_thresh: float = 0.95,
-        upsample_chunk: int = 8,
-        decode_chunk: int = 4,
+        *,
+        points_per_side: Any,
+        points_per_batch: Any,
+        pred_iou_thresh: Any,
+        stability_score_thresh: Any,
+        stability_score_offset: Any,
+        box_nms_thresh: Any,
+        crop_n_layers: Any,
+        crop_nms_thresh: Any,
+        crop_overlap_ratio: Any,
+        crop_n_points_downscale_factor: Any,
+        point_grids: Any,
+        min_mask_region_area: Any,
+        output_mode: Any,
+        stability_prefilter_margin: Any,
+        skip_covered_points: Any,
+        skip_iou_thresh: Any,
+        upsample_chunk: Any,
+        decode_chunk: Any,
     ) -> None:
+        """Validate every option (no defaults here: they live in ``__init__``'s signature) and store it."""
         if (points_per_side is None) == (point_grids is None):
             raise PromptError("give exactly one of points_per_side and point_grids")
         self.crop_n_layers = _check_int("crop_n_layers", crop_n_layers, 0)
