@@ -292,8 +292,8 @@ def to_markdown(report: dict) -> str:
         "",
         f"Command: `{report.get('command', '')}` (under `flock /tmp/anymask-bench.lock`). Machine: {m.get('cpus')} "
         f"CPUs, load average before/after {tuple(round(v, 1) for v in m.get('loadavg_before', ()))} / "
-        f"{tuple(round(v, 1) for v in m.get('loadavg_after', ()))} (other jobs were running: absolute times are "
-        "noisy, ratios come from the same run)."
+        f"{tuple(round(v, 1) for v in m.get('loadavg_after', ()))} (a shared machine: absolute times are noisy, "
+        "ratios come from the same run)."
         + (" Workers ran at the same time (`--parallel`): the reference, the longest, ran alone at its end, which"
            " favours it." if report.get("parallel") else "")
         + (f" Worker results of `{report['reused']}` were reused from an earlier run of the same command (their"
