@@ -19,16 +19,16 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import median_ms  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -43,13 +43,6 @@ def _timing_images() -> list[Path]:
     return images
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def child_timing(impl: str, repeats: int) -> dict:
@@ -79,10 +72,10 @@ def child_timing(impl: str, repeats: int) -> dict:
         for path in _timing_images():
             image = load_image(path)
             predictor.set_image(image)  # warm-up
-            encode = _median_ms(lambda: predictor.set_image(image), repeats)
+            encode = median_ms(lambda: predictor.set_image(image), repeats)
             xy = (image.shape[1] * 0.5, image.shape[0] * 0.5)
             click(xy)
-            decode = _median_ms(lambda: click(xy), repeats * 3)
+            decode = median_ms(lambda: click(xy), repeats * 3)
             rows.append({"image": path.name, "size": f"{image.shape[1]}x{image.shape[0]}",
                          "encoder_ms": encode, "click_ms": decode})
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

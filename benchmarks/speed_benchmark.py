@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import median_ms  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("reference", "torch", "onnx", "onnx-int8")
 OPS = ("encoder_1024x1024", "encoder_854x480", "click", "box", "boxes_16", "points_64_low_res")
@@ -42,7 +43,7 @@ def scenes() -> list[dict]:
     """The two photos with a click (deepest pixel of the object) and a box; real data when available."""
     from PIL import Image
 
-    from benchmarks.datasets import SHARED_DATA, box_of, load_mask, read_index
+    from benchmarks.datasets import SHARED_DATA, load_mask, read_index
 
     if SHARED_DATA.is_dir():
         row = read_index(SHARED_DATA / "grabcut")[0]
@@ -78,14 +79,6 @@ def scenes() -> list[dict]:
     return out
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 class _Reference:
@@ -160,18 +153,19 @@ def child(system: str, repeats: int, masks_path: str) -> dict:
     setup_s = time.perf_counter() - start
     square, wide = scenes()
     timings, masks = {}, {}
-    timings["encoder_1024x1024"] = _median_ms(lambda: runner.set_image(square["image"]), repeats)
+    timings["encoder_1024x1024"] = median_ms(lambda: runner.set_image(square["image"]), repeats, warmup=1)
     runner.set_image(square["image"])
     masks["square_click"], masks["square_box"] = runner.click(square["point"]), runner.box(square["box"])
-    timings["encoder_854x480"] = _median_ms(lambda: runner.set_image(wide["image"]), repeats)
+    timings["encoder_854x480"] = median_ms(lambda: runner.set_image(wide["image"]), repeats, warmup=1)
     runner.set_image(wide["image"])
-    timings["click"] = _median_ms(lambda: runner.click(wide["point"]), repeats)
-    timings["box"] = _median_ms(lambda: runner.box(wide["box"]), repeats)
-    timings["boxes_16"] = _median_ms(lambda: runner.boxes(wide["boxes"]), repeats)
+    timings["click"] = median_ms(lambda: runner.click(wide["point"]), repeats, warmup=1)
+    timings["box"] = median_ms(lambda: runner.box(wide["box"]), repeats, warmup=1)
+    timings["boxes_16"] = median_ms(lambda: runner.boxes(wide["boxes"]), repeats, warmup=1)
     masks["wide_click"], masks["wide_box"] = runner.click(wide["point"]), runner.box(wide["box"])
     masks["wide_boxes"] = runner.boxes(wide["boxes"])
     session_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    timings["points_64_low_res"] = _median_ms(lambda: runner.points_low_res(wide["points_64"]), max(3, repeats // 3))
+    timings["points_64_low_res"] = median_ms(lambda: runner.points_low_res(wide["points_64"]), max(3, repeats // 3),
+                                            warmup=1)
     masks["wide_points_64"] = runner.points_low_res(wide["points_64"])
     np.savez_compressed(masks_path, **{k: np.asarray(v, bool) for k, v in masks.items()})
     return {"system": system, "setup_s": setup_s, "ms": timings, "import_rss_mb": import_rss,
@@ -198,7 +192,7 @@ def child_bound() -> dict:
         predictor.predict_low_res(points=[[100.0, 100.0]], labels=[1])
     decoder_flops = counter.get_total_flops()
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    seconds = _median_ms(lambda: a @ b, 10) / 1000
+    seconds = median_ms(lambda: a @ b, 10, warmup=1) / 1000
     return {"encoder_gflop": encoder_flops / 1e9, "click_decoder_gflop": decoder_flops / 1e9,
             "sgemm_gflops": 2 * 2048 ** 3 / seconds / 1e9}
 
