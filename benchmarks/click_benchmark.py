@@ -59,19 +59,38 @@ VARIANTS: dict[str, SessionStrategy] = {
     "both_feed_zoom1_keep": SessionStrategy(multimask="both", select="consistent", feed_logits=True, zoom_after=1,
                                            zoom_max_area=0.8, zoom_keep_object=True),
     "refine": SessionStrategy(multimask="both", select="refine", feed_logits=True, zoom_after=None),
+    "sam_larger05": SessionStrategy(multimask="first", select="score", prefer_larger=0.05, feed_logits=True,
+                                    zoom_after=None),
+    "sam_larger02": SessionStrategy(multimask="first", select="score", prefer_larger=0.02, feed_logits=True,
+                                    zoom_after=None),
+    "larger05_zoom3": SessionStrategy(multimask="first", select="score", prefer_larger=0.05, feed_logits=True,
+                                      zoom_after=3, zoom_max_area=0.9),
+    "larger05_refine": SessionStrategy(multimask="both", select="refine", prefer_larger=0.05, feed_logits=True,
+                                       zoom_after=None),
     "default": DEFAULT_STRATEGY,
 }
 
 
 def load_instances(datasets: list[str], every: int) -> list[dict]:
-    from benchmarks.datasets import SHARED_DATA, read_index
+    """Instances of the named sets; ``name:k`` keeps every k-th row of that set (times ``every``).
+
+    ``coco128_instances`` gives its non-crowd objects of at least 96x96 pixels (COCO's "large", as COCO-MVal
+    selects); ``davis2016_val`` gives video frames (use e.g. ``davis2016_val:15`` for every 15th frame).
+    """
+    from benchmarks.datasets import SHARED_DATA, read_coco_instances, read_index
 
     rows = []
-    for name in datasets:
+    for spec in datasets:
+        name, _, step = spec.partition(":")
         folder = SHARED_DATA / name
-        for row in read_index(folder)[::every]:
+        index = read_coco_instances(folder) if name == "coco128_instances" else read_index(folder)
+        for row in index[::every * int(step or 1)]:
             ignore = folder / "ignore" / Path(row["mask"]).name
-            rows.append({**row, "dataset": name, "ignore": ignore if ignore.exists() else None})
+            # frames of different videos share file names: the video's folder joins the name
+            stem = f"{row['image'].parent.name}-{row['image'].stem}" if name == "davis2016_val" else row["image"].stem
+            rows.append({**row, "dataset": name, "key": f"{name}-{stem}",
+                         "name": f"{name}/{stem if name == 'davis2016_val' else Path(row['mask']).stem}",
+                         "ignore": ignore if ignore.exists() else None})
     return rows
 
 
@@ -99,22 +118,24 @@ def run(args) -> dict:
         systems[name] = SessionAdapter(predictor, strategy, embed=cache.embed, encode_crop=cache.encode_crop)
 
     instances = load_instances(args.datasets, args.every)
-    per_system: dict[str, dict[str, list]] = {s: {d: [] for d in args.datasets} for s in systems}
+    names = [spec.partition(":")[0] for spec in args.datasets]
+    per_system: dict[str, dict[str, list]] = {s: {d: [] for d in names} for s in systems}
     seconds = {s: 0.0 for s in systems}
     for row in tqdm(instances, desc="instances", disable=args.quiet):
         image = load_image(row["image"])
         gt = load_mask(row["mask"])
         ignore = load_mask(row["ignore"]) if row["ignore"] is not None else None
-        key = f"{row['dataset']}-{Path(row['image']).stem}"
+        key = row["key"]
         for name, adapter in systems.items():
             start = time.perf_counter()
             adapter.set_image(image, key)
-            result = evaluate_instance(adapter, gt, ignore, name=f"{row['dataset']}/{Path(row['mask']).stem}")
+            result = evaluate_instance(adapter, gt, ignore, name=row["name"])
             seconds[name] += time.perf_counter() - start
             per_system[name][row["dataset"]].append(result)
             logger.info("%s %s NoC@90 %d IoU@1 %.3f box %.3f", name, result.name, result.noc(0.90),
                         result.ious[0], result.box_iou)
-    report = {"instances": {d: sum(1 for r in instances if r["dataset"] == d) for d in args.datasets},
+    report = {"instances": {d: sum(1 for r in instances if r["dataset"] == d) for d in names},
+              "datasets": args.datasets,
               "every": args.every, "model": "mobile_sam", "machine": platform.platform(),
               "threads": args.threads, "shared_embeddings": args.share_embeddings, "results": {},
               "seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -144,7 +165,9 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="grabcut,berkeley", help="comma-separated sets under ../shared/data")
+    parser.add_argument("--datasets", default="grabcut,berkeley",
+                        help="comma-separated sets under ../shared/data; NAME:K keeps every K-th row of that set "
+                        "(coco128_instances: its objects of >= 96x96 pixels; davis2016_val: frames)")
     parser.add_argument("--every", type=int, default=1, help="use every N-th instance of each set (1 = all)")
     parser.add_argument("--systems", default="reference", help="'reference' to run the official predictor, "
                         "'' to skip it")

@@ -29,6 +29,26 @@ def read_index(folder: Path) -> list[dict]:
     return rows
 
 
+def read_coco_instances(folder: Path, min_pixels: int = 96 * 96) -> list[dict]:
+    """Non-crowd instances of ``coco128_instances`` with at least ``min_pixels`` mask pixels, as index rows.
+
+    The rows have the keys of :func:`read_index` (absolute ``image``/``mask`` paths, ``width``/``height`` left
+    out, inclusive ``bbox_*`` from COCO's XYWH box). ``96 * 96`` keeps COCO's "large" objects, the kind of
+    instances COCO-MVal selects for interactive evaluation.
+    """
+    import json
+
+    rows = []
+    for record in json.loads((folder / "index.json").read_text()):
+        if record["iscrowd"] or record["mask_pixels"] < min_pixels:
+            continue
+        x, y, w, h = record["bbox_xywh"]
+        rows.append({"image": folder / "images" / record["image"], "mask": folder / "masks" / record["mask"],
+                     "fg_pixels": record["mask_pixels"], "bbox_x0": int(x), "bbox_y0": int(y),
+                     "bbox_x1": int(np.ceil(x + w)) - 1, "bbox_y1": int(np.ceil(y + h)) - 1})
+    return rows
+
+
 def load_mask(path: Path) -> np.ndarray:
     """A ground-truth mask PNG as ``(H, W)`` bool (values above 127 are foreground)."""
     from PIL import Image

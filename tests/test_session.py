@@ -57,6 +57,20 @@ def test_sam_strategy_matches_the_predictor(predictor):
     assert np.array_equal(session.add_click(*SKY_CLICK, positive=False), again[0])
 
 
+def test_default_strategy_keeps_the_largest_near_best_candidate(predictor):
+    """The default first click: the largest candidate whose predicted IoU is within 0.05 of the best."""
+    assert DEFAULT_STRATEGY.prefer_larger == 0.05
+    for click in (SHUTTLE_CLICK, (300.0, 420.0), (200.0, 200.0)):
+        masks, scores, _ = predictor.predict(points=[click], labels=[1])
+        near = [i for i in range(3) if scores[i] >= scores.max() - 0.05]
+        expected = max(near, key=lambda i: (masks[i].sum(), -i))
+        if click == SHUTTLE_CLICK:  # here the whole model (score 0.944) beats a part of it (0.948)
+            assert expected != int(np.argmax(scores))
+        session = InteractiveSession(predictor)
+        assert np.array_equal(session.add_click(*click), masks[expected])
+        assert session.score == pytest.approx(float(scores[expected]))
+
+
 def test_box_prompt_and_box_with_clicks(predictor):
     session = predictor.session()
     mask = session.add_box(HELMET_BOX)
