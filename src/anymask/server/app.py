@@ -17,14 +17,14 @@ from a client: images arrive as bytes and are named by a hash of their content.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import mimetypes
-import re
-from pathlib import Path
-from typing import Any, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Callable, Sequence
 
 from fastapi import FastAPI, Path as PathParam, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -93,7 +93,18 @@ def create_app(
     """
     engine = SegmentEngine(model, backend=backend, cache_bytes=int(cache_mb * (1 << 20)), max_pixels=max_pixels)
     assets = page or find_page_assets()
-    app = FastAPI(title="anymask", version=__version__,
+
+    async def work(kind: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` on the engine's worker thread for ``kind`` (see SegmentEngine.pools)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(engine.pools[kind], functools.partial(function, *args, **kwargs))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        engine.close()
+
+    app = FastAPI(title="anymask", version=__version__, lifespan=lifespan,
                   description="Promptable image segmentation: upload an image once, then segment it by points, "
                               "boxes and masks. Masks are COCO RLE; coordinates are pixels, (x, y), XYXY boxes.")
     app.state.engine = engine
@@ -143,7 +154,7 @@ def create_app(
         """The low-resolution decoder graph of the loaded model (see ``docs/web.md`` for its inputs)."""
         if name != engine.name:
             raise StarletteHTTPException(404, f"model {name!r} is not loaded; this server runs {engine.name!r}")
-        path = await run_in_threadpool(engine.decoder_graph)
+        path = await work("encode", engine.decoder_graph)
         return FileResponse(path, media_type="application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})
 
@@ -181,7 +192,7 @@ def create_app(
                                               f"({', '.join(IMAGE_TYPES)}) or multipart/form-data")
         if not data:
             raise ImageError("the upload is empty")
-        entry, cached = await run_in_threadpool(engine.add_image, data)
+        entry, cached = await work("encode", engine.add_image, data)
         emb = entry.embedding
         info = {"id": entry.image_id, "width": emb.original_size[1], "height": emb.original_size[0],
                 "model": emb.model, "input_size": list(emb.input_size), "cached": cached,
@@ -194,9 +205,9 @@ def create_app(
 
     @app.get("/v1/images/{image_id}/embedding", tags=["images"], responses=ERROR_RESPONSES,
              response_class=Response)
-    def embedding(image_id: str = ImageId,
-                  dtype: str = Query("float32", pattern="^(float32|float16)$",
-                                     description="float32, or float16 (half the bytes)")) -> Response:
+    async def embedding(image_id: str = ImageId,
+                        dtype: str = Query("float32", pattern="^(float32|float16)$",
+                                           description="float32, or float16 (half the bytes)")) -> Response:
         """The image embedding as raw little-endian bytes; shape and dtype in the ``X-Embedding-*`` headers."""
         entry = engine.get(image_id)
         emb = entry.embedding
@@ -209,12 +220,12 @@ def create_app(
 
     @app.post("/v1/images/{image_id}/segment", response_model=schemas.SegmentResponse, tags=["images"],
               responses=ERROR_RESPONSES)
-    def segment(body: schemas.SegmentRequest, image_id: str = ImageId) -> dict[str, Any]:
+    async def segment(body: schemas.SegmentRequest, image_id: str = ImageId) -> dict[str, Any]:
         """Masks for points (1 foreground, 0 background), a box or boxes, and/or a mask input."""
         if body.box is not None and body.boxes is not None:
             raise PromptError("give box or boxes, not both")
         boxes = body.boxes if body.boxes is not None else body.box
-        entry, records, ms = engine.segment(image_id, points=body.points, labels=body.labels, boxes=boxes,
+        entry, records, ms = await work("decode", engine.segment, image_id, points=body.points, labels=body.labels, boxes=boxes,
                                             mask_input=body.mask_input, multimask=body.multimask,
                                             return_logits=body.return_logits)
         height, width = entry.embedding.original_size
@@ -222,10 +233,10 @@ def create_app(
 
     @app.post("/v1/images/{image_id}/everything", response_model=schemas.EverythingResponse, tags=["images"],
               responses=ERROR_RESPONSES)
-    def everything(body: schemas.EverythingRequest | None = None, image_id: str = ImageId) -> dict[str, Any]:
+    async def everything(body: schemas.EverythingRequest | None = None, image_id: str = ImageId) -> dict[str, Any]:
         """Every mask in the image (SAM's automatic mask generator; seconds to a minute on a CPU)."""
         options = (body or schemas.EverythingRequest()).model_dump()
-        entry, masks, ms = engine.everything(image_id, **options)
+        entry, masks, ms = await work("everything", engine.everything, image_id, **options)
         height, width = entry.embedding.original_size
         return {"id": image_id, "width": width, "height": height, "masks": masks, "elapsed_ms": round(ms, 1)}
 
