@@ -33,7 +33,11 @@ def install_onnxruntime_web() -> bool:
     npm = shutil.which("npm")
     if npm is None:
         return False
-    subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=WEB, check=True)
+    try:
+        subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=WEB, check=True)
+    except subprocess.CalledProcessError as exc:
+        print(f"npm ci failed ({exc}): is the npm registry reachable?", file=sys.stderr)
+        return False
     return True
 
 
