@@ -22,7 +22,7 @@ from anymask.masks import decode_rle, iou  # noqa: E402
 from anymask.predictor import ImageEmbedding  # noqa: E402
 from anymask.server import create_app  # noqa: E402
 from anymask.server.cache import CachedImage, EmbeddingCache  # noqa: E402
-from anymask.server.static import VENDOR_FILES, find_page_assets  # noqa: E402
+from anymask.server.static import PACKAGE_STATIC, SOURCE_WEB, VENDOR_FILES, find_page_assets  # noqa: E402
 
 POINT = [250, 150]  # on the astronaut's helmet/face
 
@@ -174,6 +174,12 @@ def test_page_and_static_files(client):
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/static/../../pyproject.toml").status_code == 404
     assert client.get("/static/%2e%2e/%2e%2e/app.py").status_code == 404
+    # a built page (web/build.py) must be the sources' copy: rebuild after editing web/
+    if (PACKAGE_STATIC / "index.html").is_file() and SOURCE_WEB.is_dir():
+        for source in SOURCE_WEB.iterdir():
+            if source.suffix in (".html", ".js", ".css"):
+                built = PACKAGE_STATIC / source.name
+                assert built.is_file() and built.read_bytes() == source.read_bytes(), f"run python web/build.py: {built}"
     assets = find_page_assets()
     if assets.browser_decoding:
         assert client.get(f"/static/{VENDOR_FILES[2]}").headers["content-type"] == "application/wasm"

@@ -7,6 +7,7 @@ none. The server runs the real MobileSAM model; the page loads the astronaut pho
 from __future__ import annotations
 
 import io
+import json
 import statistics
 
 import numpy as np
@@ -76,6 +77,28 @@ def test_page_click_draws_the_apis_mask_and_downloads_it(server, browser, exampl
         download_info.value.save_as(path)
         downloaded = np.array(Image.open(path).convert("L")) > 127
         assert iou(downloaded, expected) >= 0.95 and iou(downloaded, drawn) == 1.0
+        # the cut-out: the photo's pixels inside the mask's box, transparent outside the mask
+        with page.expect_download() as download_info:
+            page.click("#download-cutout")
+        download_info.value.save_as(tmp_path / "cutout.png")
+        cutout = np.array(Image.open(tmp_path / "cutout.png"))
+        ys, xs = np.nonzero(drawn)
+        inside = drawn[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        assert cutout.shape == (*inside.shape, 4) and np.array_equal(cutout[..., 3] > 0, inside)
+        photo = np.array(Image.open(example_image_path).convert("RGB"))[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        assert np.abs(cutout[..., :3][inside].astype(int) - photo[inside]).max() <= 2
+        # keep the object (K) and download the COCO JSON: its RLE is the drawn mask
+        page.locator("#ui").focus()
+        page.keyboard.press("k")
+        with page.expect_download() as download_info:
+            page.click("#download-coco")
+        download_info.value.save_as(tmp_path / "coco.json")
+        coco = json.loads((tmp_path / "coco.json").read_text())
+        (annotation,) = coco["annotations"]
+        assert coco["images"][0]["width"] == 512 and annotation["area"] == int(drawn.sum())
+        counts = annotation["segmentation"]["counts"]  # uncompressed COCO RLE: column-major runs, 0s first
+        decoded = np.repeat(np.arange(len(counts)) % 2, counts).reshape(512, 512).T.astype(bool)
+        assert annotation["segmentation"]["size"] == [512, 512] and np.array_equal(decoded, drawn)
         # 20 more clicks, each decoded: the click-to-mask time (event to mask drawn), reported
         records = timed_clicks(page, INSIDE, 512, 512)
         assert all(r["decoded"] and r["decoder"] == want for r in records)

@@ -4,6 +4,7 @@
 
 import { BrowserDecoder, ServerDecoder } from './decoder.js';
 import { encodeRLE, decodeRLE, areaAndBox } from './mask.js';
+import { downloadMask, downloadCutout, downloadCoco } from './downloads.js';
 
 const $ = (id) => document.getElementById(id);
 const imageCanvas = $('image'), maskCanvas = $('mask'), uiCanvas = $('ui');
@@ -312,7 +313,7 @@ document.addEventListener('keydown', (e) => {
   else if (key === 'r' || key === 'escape') resetPrompts();
   else if (key === 'k') keep();
   else if (key === 'e') everything();
-  else if (key === 'd') downloadMask();
+  else if (key === 'd') downloadMask(page);
   else if (['1', '2', '3'].includes(key)) selectCandidate(Number(key) - 1);
 });
 
@@ -355,61 +356,6 @@ async function everything() {
   }
 }
 
-// --------------------------------------------------------------------------------------------- downloads
-
-function stem() { return (page.fileName || 'image').replace(/\.[^.]+$/, ''); }
-
-function save(blob, name) {
-  const a = document.createElement('a');
-  a.href = URL.createObjectURL(blob); a.download = name;
-  document.body.append(a); a.click(); a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-}
-
-function canvasBlob(canvas) { return new Promise((resolve) => canvas.toBlob(resolve, 'image/png')); }
-
-async function downloadMask() {
-  if (!page.mask) return;
-  const { width, height } = page.image;
-  const canvas = document.createElement('canvas');
-  canvas.width = width; canvas.height = height;
-  const ctx = canvas.getContext('2d');
-  const out = ctx.createImageData(width, height);
-  const pixels = new Uint32Array(out.data.buffer);
-  for (let i = 0; i < pixels.length; i++) pixels[i] = page.mask[i] ? 0xffffffff : 0xff000000;
-  ctx.putImageData(out, 0, 0);
-  save(await canvasBlob(canvas), `${stem()}_mask.png`);
-}
-
-async function downloadCutout() {
-  if (!page.mask) return;
-  const { width, height } = page.image;
-  const [area, [x, y, w, h]] = areaAndBox(page.mask, height, width);
-  if (!area) return;
-  const full = document.createElement('canvas');
-  full.width = width; full.height = height;
-  const ctx = full.getContext('2d');
-  ctx.drawImage(page.bitmap, 0, 0, width, height);
-  const pixels = ctx.getImageData(0, 0, width, height);
-  for (let i = 0; i < page.mask.length; i++) if (!page.mask[i]) pixels.data[i * 4 + 3] = 0;
-  const cut = document.createElement('canvas');
-  cut.width = w; cut.height = h;
-  cut.getContext('2d').putImageData(pixels, -x, -y, x, y, w, h);
-  save(await canvasBlob(cut), `${stem()}_cutout.png`);
-}
-
-function downloadCoco() {
-  const objects = page.kept.length ? page.kept : (page.mask ? (keep(), page.kept) : []);
-  const coco = {
-    info: { description: 'anymask web page', date_created: new Date().toISOString() },
-    images: [{ id: 1, file_name: page.fileName, width: page.image.width, height: page.image.height }],
-    categories: [{ id: 1, name: 'object' }],
-    annotations: objects.map((o, i) => ({ id: i + 1, image_id: 1, category_id: 1, segmentation: o.rle,
-      area: o.area, bbox: o.bbox, iscrowd: 0, score: o.score })),
-  };
-  save(new Blob([JSON.stringify(coco)], { type: 'application/json' }), `${stem()}_coco.json`);
-}
-
 // ------------------------------------------------------------------------------------------------ wiring
 
 $('file').addEventListener('change', (e) => openFile(e.target.files[0]));
@@ -417,9 +363,9 @@ $('undo').addEventListener('click', undo);
 $('reset').addEventListener('click', () => resetPrompts());
 $('keep').addEventListener('click', keep);
 $('everything').addEventListener('click', everything);
-$('download-mask').addEventListener('click', downloadMask);
-$('download-cutout').addEventListener('click', downloadCutout);
-$('download-coco').addEventListener('click', downloadCoco);
+$('download-mask').addEventListener('click', () => downloadMask(page));
+$('download-cutout').addEventListener('click', () => downloadCutout(page));
+$('download-coco').addEventListener('click', () => { if (!page.kept.length) keep(); downloadCoco(page); });
 const stage = $('stage');
 stage.addEventListener('dragover', (e) => { e.preventDefault(); stage.classList.add('dragover'); });
 stage.addEventListener('dragleave', () => stage.classList.remove('dragover'));
