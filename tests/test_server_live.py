@@ -120,6 +120,16 @@ def test_page_falls_back_to_server_decoding(server, browser, example_image_path)
         assert iou(canvas_mask(page), expected) >= 0.99
         page.keyboard.press("u")  # undo: back to no prompt, no mask
         page.wait_for_function("window.anymaskPage.page.mask === null")
+        # keyboard only: move the cursor onto the face from the centre, Enter adds a foreground point
+        page.locator("#ui").focus()
+        for _ in range(21):  # steps of 1 % of 512 px: (256, 256) -> (256, 148.48)
+            page.keyboard.press("ArrowUp")
+        count = page.evaluate("window.anymaskPage.timings.length")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"window.anymaskPage.timings.length > {count}")
+        (point,) = page.evaluate("window.anymaskPage.page.points")
+        assert point["label"] == 1 and point["x"] == 256 and abs(point["y"] - (256 - 21 * 5.12)) < 1e-6
+        assert iou(canvas_mask(page), expected) >= 0.9
     finally:
         page.close()
 

@@ -114,6 +114,22 @@ function undo() {
   else { page.result = null; page.mask = null; showCandidates(); draw(); }
 }
 
+// The browser decoder failing (e.g. out of memory) hands over to the server for the rest of the session.
+async function decodeWithFallback(prompt) {
+  try {
+    return await page.decoder.decode(prompt);
+  } catch (error) {
+    if (page.decoder.kind !== 'browser') throw error;
+    console.warn('browser decoding failed, the server decodes from now on:', error);
+    const server = new ServerDecoder();
+    await server.setImage(page.image);
+    page.decoder = server;
+    document.body.dataset.decoder = 'server';
+    $('decoder').textContent = `${page.model.name} · decoding in the server (browser decoding failed)`;
+    return page.decoder.decode(prompt);
+  }
+}
+
 // One decode at a time; at most one waits (a click replaces a waiting hover, never the other way round).
 function schedule(kind, since, hoverPoint = null) {
   const job = { kind, since, hoverPoint, prompt: hoverPoint ? { points: [hoverPoint], box: null } : snapshot() };
@@ -132,7 +148,7 @@ async function run(job) {
     if (job.kind === 'click' && page.hoverKey === key && page.hoverResult) {
       result = page.hoverResult; decoded = false;  // the hover already decoded exactly this prompt
     } else if (job.prompt.points.length || job.prompt.box) {
-      result = await page.decoder.decode(job.prompt);
+      result = await decodeWithFallback(job.prompt);
     }
     if (job.kind === 'hover') {
       page.hoverKey = key; page.hoverResult = result;
@@ -167,7 +183,7 @@ function draw(kind = 'click') {
   const out = ctx.createImageData(width, height);
   const pixels = new Uint32Array(out.data.buffer);
   if (page.everything) {
-    page.everything.forEach((m) => {
+    page.everything.slice().sort((a, b) => b.area - a.area).forEach((m) => {  // small objects on top
       const [r, g, b] = m.color;
       const value = (140 << 24) | (b << 16) | (g << 8) | r;
       for (let i = 0; i < pixels.length; i++) if (m.mask[i]) pixels[i] = value;
