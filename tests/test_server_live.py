@@ -149,5 +149,5 @@ def test_load_fifty_clients_no_failures_bounded_memory(server, example_image_pat
     assert stats["latency_ms"]["segment"]["n"] > 50
     cache = httpx.get(f"{base}/health").json()["cache"]
     assert cache["bytes"] <= CACHE_MB << 20
-    # memory stays bounded: the peak is the model, the sessions and a full cache, not growth per request
-    assert stats["rss_peak_mb"] < stats["rss_before_mb"] + CACHE_MB + 400, stats
+    # memory stays bounded (RSS sampled every 0.2 s): the model, the sessions and a full cache, no growth per request
+    assert stats["rss_max_sampled_mb"] < stats["rss_before_mb"] + CACHE_MB + 400, stats
