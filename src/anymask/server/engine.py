@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import io
 import threading
@@ -103,8 +104,10 @@ class SegmentEngine:
         self.model = model
         self.encoder = Predictor(model, backend=backend)
         self.backend = self.encoder.backend
-        self.decoder = Predictor(model, backend=backend)
-        self._everything: Predictor | None = None
+        # shallow copies share the network and the onnxruntime sessions (whose run() is thread-safe) but each
+        # holds its own current image: no second set of sessions to load
+        self.decoder = copy.copy(self.encoder)
+        self._everything = copy.copy(self.encoder)
         self.cache = EmbeddingCache(cache_bytes)
         self.max_pixels = int(max_pixels)
         self._encode_lock = threading.Lock()
@@ -219,8 +222,6 @@ class SegmentEngine:
         entry = self.get(image_id)
         AutomaticMaskGenerator.check_options(**options)
         with self._everything_lock:
-            if self._everything is None:
-                self._everything = Predictor(self.model, backend=self.backend)
             generator = AutomaticMaskGenerator(self._everything, output_mode="coco_rle", **options)
             start = time.perf_counter()
             records = generator.generate(open_upload(entry.data, self.max_pixels))
