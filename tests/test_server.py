@@ -223,7 +223,7 @@ def test_upload_errors(client):
            400, "bad_image")
     _error(client.post("/v1/images", files={"file": ("a.txt", b"hello", "text/plain")}), 415,
            "unsupported_media_type")
-    _error(client.post("/v1/images", files={"other": ("a.png", b"x", "image/png")}), 422, "http_error")
+    _error(client.post("/v1/images", files={"other": ("a.png", b"x", "image/png")}), 422, "invalid_request")
     # a decompression bomb: a PNG header announcing 100000 x 100000 pixels is refused before decoding
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
