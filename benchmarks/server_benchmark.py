@@ -105,7 +105,7 @@ def markdown(result: dict) -> str:
         "# Server and page benchmark (issue 6)", "",
         f"Machine: {result['machine']}. MobileSAM, server backend onnx, astronaut photo (512x512). "
         f"Load average (1 min) before {result['load_before']}, after {result['load_after']} "
-        "(2 cores shared with other jobs; figures under `flock /tmp/anymask-bench.lock`).", "",
+        f"(2 cores shared with other jobs; {result['conditions']}).", "",
         f"Command: `{result['command']}`", "",
         "| measure | median (ms) | other | target |", "|---|---|---|---|",
         f"| server `/segment`, one point (3 masks, HTTP round trip) | {seg['point']['median_ms']} | "
@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=30, help="load test duration (default 30)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent load-test clients (default 50)")
     parser.add_argument("--cache-mb", type=int, default=64, help="the server's --cache-mb (default 64)")
+    parser.add_argument("--conditions", default="run under `flock /tmp/anymask-bench.lock`",
+                        help="how the machine was shared during the run, written into the results")
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "server"),
                         help="output path without suffix (default benchmarks/results/server)")
     args = parser.parse_args()
@@ -148,7 +150,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
               "command": "flock /tmp/anymask-bench.lock python benchmarks/server_benchmark.py",
               "load_before": round(os.getloadavg()[0], 2), "cache_mb": args.cache_mb,
-              "load_seconds": args.load_seconds, "page": {}}
+              "load_seconds": args.load_seconds, "conditions": args.conditions, "page": {}}
     browser_path = chromium_path()
     from playwright.sync_api import sync_playwright
 
