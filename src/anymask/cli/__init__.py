@@ -4,6 +4,7 @@
     anymask everything IMAGE_OR_DIR -o OUT [--format coco|png|both]
     anymask video VIDEO --frame N --box X0,Y0,X1,Y1 --object ID ... [-o DIR]
     anymask weights list | fetch NAME | path NAME
+    anymask serve [--host 127.0.0.1] [--port 8000] [--model NAME]
     anymask export MODEL -o DIR [--quantize int8] [--opset N]
     anymask models
 
@@ -27,7 +28,7 @@ logger = logging.getLogger("anymask")
 
 # One module per command in this package, each with ``add_parser(commands, common)`` and ``run(args) -> int``.
 # Listed in the order ``--help`` shows them. Command modules import heavy libraries (torch) inside ``run``.
-COMMANDS = ("segment", "everything", "video", "export", "weights", "models")
+COMMANDS = ("segment", "everything", "video", "serve", "export", "weights", "models")
 
 
 def _command_module(name: str) -> ModuleType:

@@ -1,0 +1,121 @@
+// Two ways to turn prompts into masks, with one interface:
+//   BrowserDecoder: the model's decoder graph in onnxruntime-web (wasm), fed the image embedding that the
+//                   server computed once: no round trip per click.
+//   ServerDecoder:  POST /v1/images/{id}/segment for every prompt (the fallback when the browser cannot).
+// decode({points: [{x, y, label}], box: [x0, y0, x1, y1] | null}) resolves to
+//   {scores: [...], mask(i) -> Uint8Array(H * W), best: index of the top score, source}.
+
+import { upsampleMask, decodeRLE } from './mask.js';
+
+function candidates(scores, makeMask, source) {
+  const cache = new Map();
+  let best = 0;
+  scores.forEach((s, i) => { if (s > scores[best]) best = i; });
+  return {
+    scores, best, source,
+    mask(i) {
+      if (!cache.has(i)) cache.set(i, makeMask(i));
+      return cache.get(i);
+    },
+  };
+}
+
+// A single click without a box is ambiguous: offer SAM's three candidates; else one mask.
+function wantsMultimask(prompt) {
+  return !prompt.box && prompt.points.length === 1;
+}
+
+export class BrowserDecoder {
+  static async create(model) {
+    const ort = await import('./vendor/ort.wasm.min.mjs');
+    ort.env.wasm.wasmPaths = new URL('./vendor/', import.meta.url).href;
+    const threads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    ort.env.wasm.numThreads = threads;
+    const response = await fetch(model.decoder_url);
+    if (!response.ok) throw new Error(`decoder graph: HTTP ${response.status}`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const session = await ort.InferenceSession.create(bytes, {
+      executionProviders: ['wasm'], graphOptimizationLevel: 'all',
+    });
+    return new BrowserDecoder(ort, session, model, threads);
+  }
+
+  constructor(ort, session, model, threads) {
+    this.ort = ort;
+    this.session = session;
+    this.model = model;
+    this.threads = threads;
+    this.kind = 'browser';
+    this.image = null;
+  }
+
+  async setImage(info) {
+    const response = await fetch(`${info.embedding.url}?dtype=float32`);
+    if (!response.ok) throw new Error(`embedding: HTTP ${response.status}`);
+    const shape = response.headers.get('X-Embedding-Shape').split(',').map(Number);
+    const data = new Float32Array(await response.arrayBuffer());
+    this.image = {
+      info,
+      embedding: new this.ort.Tensor('float32', data, shape),
+      size: new this.ort.Tensor('int64', BigInt64Array.from([BigInt(info.height), BigInt(info.width)]), [2]),
+      noMask: new this.ort.Tensor('float32', new Float32Array(256 * 256), [1, 1, 256, 256]),
+      hasMask: new this.ort.Tensor('float32', new Float32Array([0]), [1]),
+    };
+  }
+
+  async decode(prompt) {
+    const { ort, image } = this;
+    const coords = [], labels = [];
+    for (const p of prompt.points) { coords.push(p.x, p.y); labels.push(p.label); }
+    if (prompt.box) {
+      coords.push(prompt.box[0], prompt.box[1], prompt.box[2], prompt.box[3]);
+      labels.push(2, 3);
+    } else {
+      coords.push(0, 0);
+      labels.push(-1);
+    }
+    const n = labels.length;
+    const out = await this.session.run({
+      image_embeddings: image.embedding,
+      point_coords: new ort.Tensor('float32', Float32Array.from(coords), [1, n, 2]),
+      point_labels: new ort.Tensor('float32', Float32Array.from(labels), [1, n]),
+      mask_input: image.noMask,
+      has_mask_input: image.hasMask,
+      orig_im_size: image.size,
+    });
+    const logits = out.low_res_masks.data;  // (1, 4, 256, 256): token 0 the single mask, 1-3 the candidates
+    const iou = out.iou_predictions.data;
+    const tokens = wantsMultimask(prompt) ? [1, 2, 3] : [0];
+    const { height, width } = image.info;
+    const size = this.model.image_size, threshold = this.model.mask_threshold;
+    return candidates(tokens.map((t) => iou[t]),
+      (i) => upsampleMask(logits, tokens[i] * 256 * 256, height, width, size, threshold), 'browser');
+  }
+}
+
+export class ServerDecoder {
+  constructor() {
+    this.kind = 'server';
+    this.image = null;
+  }
+
+  async setImage(info) {
+    this.image = { info };
+  }
+
+  async decode(prompt) {
+    const body = {
+      points: prompt.points.map((p) => [p.x, p.y]),
+      labels: prompt.points.map((p) => p.label),
+      multimask: wantsMultimask(prompt),
+    };
+    if (!body.points.length) { delete body.points; delete body.labels; }
+    if (prompt.box) body.box = prompt.box;
+    const response = await fetch(`/v1/images/${this.image.info.id}/segment`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
+    return candidates(answer.masks.map((m) => m.score), (i) => decodeRLE(answer.masks[i].segmentation), 'server');
+  }
+}
