@@ -26,7 +26,7 @@ import glob
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -56,7 +56,6 @@ class BatchItem:
     image: str
     boxes: list[dict[str, Any]] | None = None
     boxes_file: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
         """A JSON-ready dict (the form items travel in to Ray workers); :meth:`from_row` reverses it."""

@@ -107,7 +107,13 @@ class _Pool:
 
 def run_local(items: list[BatchItem], spec: TaskSpec, out_dir: Path, workers: int,
               batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Process ``items`` in ``workers`` processes; yields lists of status records as images finish."""
+    """Process ``items`` in ``workers`` processes (0: in this process); yields lists of status records as images
+    finish."""
+    if workers == 0:
+        worker = ImageWorker(spec, os.fspath(out_dir))
+        for item in items:
+            yield [worker(item)]
+        return
     queue = collections.deque(items[i : i + batch_size] for i in range(0, len(items), batch_size))
     while queue:
         pool = _Pool(spec, out_dir, min(workers, len(queue)))

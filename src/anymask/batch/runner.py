@@ -28,13 +28,16 @@ ENGINES = ("local", "ray")
 @dataclass
 class BatchSummary:
     """What a run did. ``images_per_s`` = images done / ``seconds`` (wall time of the engine, model loading
-    included); ``failures`` = ``[(id, reason), ...]``."""
+    included); ``first_result_s``: seconds to the first result (mostly worker start-up); ``failures`` =
+    ``[(id, reason), ...]``; ``worker_seconds``: seconds summed over done images (``load``, ``compute``, ``write``,
+    ``total``)."""
 
     total: int
     done: int = 0
     skipped: int = 0
     failed: int = 0
     seconds: float = 0.0
+    first_result_s: float | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
     worker_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -49,6 +52,7 @@ class BatchSummary:
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "done": self.done, "skipped": self.skipped, "failed": self.failed,
                 "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 4),
+                "first_result_s": None if self.first_result_s is None else round(self.first_result_s, 3),
                 "worker_seconds": {k: round(v, 3) for k, v in self.worker_seconds.items()}}
 
 
@@ -70,8 +74,9 @@ def run_batch(items: list[BatchItem], spec: TaskSpec, out_dir: Path, *, engine: 
 
     if engine not in ENGINES:
         raise PromptError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    if workers < 1 or batch_size < 1:
-        raise PromptError(f"--workers and --batch-size must be >= 1, got {workers} and {batch_size}")
+    if workers < (1 if engine == "ray" else 0) or batch_size < 1:
+        raise PromptError(f"--workers must be >= 1 (>= 0 with the local engine) and --batch-size >= 1, got {workers} "
+                          f"and {batch_size}")
     if engine == "ray":
         from .ray_engine import import_ray
 
@@ -101,6 +106,8 @@ def run_batch(items: list[BatchItem], spec: TaskSpec, out_dir: Path, *, engine: 
                 try:
                     for records in _engine_runs(engine, todo, spec, out_dir, workers, batch_size, ray_address):
                         manifest.append(records)
+                        if summary.first_result_s is None:
+                            summary.first_result_s = time.perf_counter() - start
                         _count(summary, records)
                         bar.update(len(records))
                         bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)

@@ -54,7 +54,8 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                        help="Ray cluster to connect to (host:port, ray://host:port or 'auto'); default: start a "
                        "local Ray. Images and OUT must be at the same paths on every node")
         p.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes (local) or Ray actors (ray), each with its own model (default 1)")
+                       help="worker processes (local) or Ray actors (ray), each with its own model (default 1); "
+                       "local 0: in this process, no worker processes")
         p.add_argument("--batch-size", type=int, default=4, metavar="B",
                        help="images handed to a worker at a time; a killed worker loses at most its batches in "
                        "flight, which are redone (default 4)")
