@@ -9,7 +9,8 @@ default backend (onnxruntime on the CPU). ``everything`` runs on a small grid (`
 threads (Ray: as many CPUs). Every configuration writes into a fresh output folder.
 
 Reported per run: wall seconds from the start of the run (worker start-up and model loading included) to the
-last result, images/s over that wall time, start-up (seconds to the first result), and the mean seconds per
+last result, images/s over that wall time, start-up (seconds to the first result), the worker-side rate
+(workers / mean seconds per image inside a worker: the rate once the workers are up), and the mean seconds per
 image inside a worker: decoding the image (load), the model (compute) and writing the result (write).
 Writes ``benchmarks/results/batch.json`` and ``.md``.
 """
@@ -46,12 +47,12 @@ def _run(task: str, engine: str, workers: int, src: Path, out: Path, generator: 
     summary = run_batch(items, spec, out, engine=engine, workers=workers, batch_size=1, progress=False)
     assert summary.done == len(items) and summary.failed == 0, summary.failures
     mean = {k: summary.worker_seconds[k] / summary.done for k in ("load", "compute", "write")}
-    # after the first result: the steady rate, worker start-up and model loading left out
-    steady = (summary.done - 1) / (summary.seconds - summary.first_result_s) if summary.done > 1 else 0.0
+    # what the workers could sustain once started: workers / mean seconds per image inside a worker
+    worker_rate = workers * summary.done / summary.worker_seconds["total"]
     return {
         "task": task, "engine": engine, "workers": workers, "threads_per_worker": threads, "images": len(items),
         "wall_s": round(summary.seconds, 2), "images_per_s": round(summary.images_per_s, 3),
-        "startup_s": round(summary.first_result_s, 1), "steady_images_per_s": round(steady, 3),
+        "startup_s": round(summary.first_result_s, 1), "worker_images_per_s": round(worker_rate, 3),
         "per_image_s": {k: round(v, 3) for k, v in mean.items()},
         "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
     }
@@ -119,17 +120,17 @@ def main() -> None:
         f"worker = CPUs / workers. Ray started once before the runs ({meta['ray_init_s']} s, not counted); "
         "actor start-up is counted.",
         "",
-        "| task | engine | workers | threads/worker | wall (s) | images/s | start-up (s) | steady images/s | "
+        "| task | engine | workers | threads/worker | wall (s) | images/s | start-up (s) | worker-side images/s | "
         "decode (s/img) | model (s/img) | write (s/img) | load avg before / after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["per_image_s"]
         lines.append(f"| {r['task']} | {r['engine']} | {r['workers']} | {r['threads_per_worker']} | {r['wall_s']} | "
-                     f"{r['images_per_s']} | {r['startup_s']} | {r['steady_images_per_s']} | {s['load']} | {s['compute']} | {s['write']} | "
+                     f"{r['images_per_s']} | {r['startup_s']} | {r['worker_images_per_s']} | {s['load']} | {s['compute']} | {s['write']} | "
                      f"{r['load_avg_before']} / {r['load_avg_after']} |")
     lines += ["", "wall = run start to last result (worker start-up and model loading included); start-up = run "
-              "start to the first result; steady = images after the first / seconds after it; decode / model / write = mean seconds per image inside "
+              "start to the first result; worker-side = workers / mean seconds per image inside a worker (the rate once workers are up); decode / model / write = mean seconds per image inside "
               "a worker.", ""]
     if engines_max_abs_diff is not None:
         lines.append(f"Embeddings of local (1 worker) and Ray (2 workers) runs: max abs difference "
