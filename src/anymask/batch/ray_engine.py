@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -99,10 +100,14 @@ def run_ray(items: list[BatchItem], spec: TaskSpec, out_dir: Path, workers: int,
                                       override_num_blocks=max(1, math.ceil(len(items) / batch_size)))
         # the spec travels as class attributes (cloudpickled with the class), not as constructor arguments
         worker_class = type("RayImageWorker", (RayImageWorker,), {"spec": spec, "out_dir": os.fspath(out_dir)})
-        dataset = dataset.map_batches(
-            worker_class, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=spec.threads, ray_remote_args_fn=_remote_args,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates ray_remote_args_fn (removal planned for 2.64) but has no other way yet to bound
+            # an actor's task retries; the pin in pyproject.toml keeps this call valid
+            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*is deprecated")
+            dataset = dataset.map_batches(
+                worker_class, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=spec.threads, ray_remote_args_fn=_remote_args,
+            )
         seen: set[str] = set()
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             records = [json.loads(text) for text in batch["record"]]
