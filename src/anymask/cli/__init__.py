@@ -2,6 +2,7 @@
 
     anymask segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... [-o DIR]
     anymask everything IMAGE_OR_DIR -o OUT [--format coco|png|both]
+    anymask batch embed|everything|boxes INPUT -o OUT [--engine local|ray] [--workers N]
     anymask video VIDEO --frame N --box X0,Y0,X1,Y1 --object ID ... [-o DIR]
     anymask weights list | fetch NAME | path NAME
     anymask serve [--host 127.0.0.1] [--port 8000] [--model NAME]
@@ -28,7 +29,7 @@ logger = logging.getLogger("anymask")
 
 # One module per command in this package, each with ``add_parser(commands, common)`` and ``run(args) -> int``.
 # Listed in the order ``--help`` shows them. Command modules import heavy libraries (torch) inside ``run``.
-COMMANDS = ("segment", "everything", "video", "serve", "export", "weights", "models")
+COMMANDS = ("segment", "everything", "batch", "video", "serve", "export", "weights", "models")
 
 
 def _command_module(name: str) -> ModuleType:

@@ -59,9 +59,14 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--no-verify", action="store_true",
                    help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    g = p.add_argument_group("generator (SAM's automatic mask generator parameters, same defaults)")
-    g.add_argument("--points-per-side", type=int, default=32, metavar="N",
-                   help="grid of N x N click prompts per image (default 32)")
+    add_generator_arguments(p)
+
+
+def add_generator_arguments(parser: argparse.ArgumentParser, points_per_side: int = 32) -> None:
+    """The generator options (SAM's automatic mask generator parameters); shared with ``anymask batch``."""
+    g = parser.add_argument_group("generator (SAM's automatic mask generator parameters, same defaults)")
+    g.add_argument("--points-per-side", type=int, default=points_per_side, metavar="N",
+                   help=f"grid of N x N click prompts per image (default {points_per_side})")
     g.add_argument("--points-per-batch", type=int, default=64, metavar="N",
                    help="prompts decoded together; memory grows with it (default 64)")
     g.add_argument("--pred-iou-thresh", type=float, default=0.88, metavar="T",
@@ -91,7 +96,8 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                    "(default 0.95)")
 
 
-def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
+def generator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`AutomaticMaskGenerator` keyword arguments of parsed :func:`add_generator_arguments` options."""
     return dict(
         points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
         pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..outputs import save_mask_png, save_overlay, write_json
 
-    options = _generator_options(args)
+    options = generator_options(args)
     AutomaticMaskGenerator.check_options(**options)  # before the model is loaded
     images = list_images(Path(args.input))
     out_dir = Path(args.output)
@@ -227,26 +233,16 @@ def _write_image_outputs(out_dir: Path, name: str, image, masks: list[dict], fmt
 
 def build_coco(out_dir: Path, images: list[Path], names: list[str], json) -> dict[str, Any]:
     """COCO results for the run's images from their per-image records (images without one are left out)."""
-    from pycocotools import mask as mask_utils
+    from ..coco import coco_document, everything_annotation, image_entry
 
-    coco: dict[str, Any] = {
-        "info": {"description": "anymask everything", "anymask_version": __version__},
-        "images": [], "annotations": [], "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
-    }
+    entries: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, (path, name) in enumerate(zip(images, names), start=1):
         try:
             record = json.loads((out_dir / "records" / f"{name}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        coco["images"].append({"id": image_id, "file_name": record["file_name"], "width": record["width"],
-                               "height": record["height"]})
+        entries.append(image_entry(image_id, record["file_name"], record["width"], record["height"]))
         for m in record["masks"]:
-            rle = m["segmentation"]
-            bbox = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).tolist()
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": 1,
-                "segmentation": rle, "area": m["area"], "bbox": [float(v) for v in bbox], "iscrowd": 0,
-                "score": m["predicted_iou"], "stability_score": m["stability_score"],
-                "point_coords": m["point_coords"],
-            })
-    return coco
+            annotations.append(everything_annotation(m, image_id, len(annotations) + 1))
+    return coco_document("anymask everything", entries, annotations)
