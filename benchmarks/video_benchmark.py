@@ -199,6 +199,9 @@ def main() -> int:
                         "mode, back to back, so that the speed ratio is measured under the same load (0: skip)")
     parser.add_argument("--propagation", default="",
                         help="KEY=VALUE,... attributes of the mask propagation to change (experiments)")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only the --baseline-frames timing of both modes (no accuracy passes); writes "
+                        "video_timing.json / .md (a quick speed check, e.g. when the machine is idle)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print only (experiments)")
     args = parser.parse_args()
@@ -227,7 +230,7 @@ def main() -> int:
         predictor.set_image(warm, pad_to_square=pad)
     load_start = os.getloadavg()
 
-    passes = [("mask", "box"), ("box", "box"), ("mask", "mask")]
+    passes = [] if args.timing_only else [("mask", "box"), ("box", "box"), ("mask", "mask")]
     per_seq: dict[str, dict] = {}
     first: dict = {}
     propagate_s: dict[str, float] = {}
@@ -270,7 +273,7 @@ def main() -> int:
             "propagate_s_per_frame": propagate_s[key] / max(1, total_frames),
         }
     e2e = None
-    if first.get("encoded") == first.get("frames"):
+    if first and first["encoded"] == first["frames"]:
         e2e = {**first, "per_frame_s": per_frame(first)}
         e2e["fps"] = 1.0 / e2e["per_frame_s"]["total"]
     base = {label: {**t, "per_frame_s": per_frame(t), "fps": t["frames"] / t["total_s"]}
@@ -289,11 +292,14 @@ def main() -> int:
         "embeddings": "computed in this run" if not args.embedding_cache else
         f"cached float16 embeddings of this model (computed once, {first.get('encoded', 0)} frames encoded in this run)",
     }
+    table_lines = [
+        "| method | prompt (frame 0) | J-mean | F-mean | J&F | propagation s/frame |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ] if passes else []
     lines = [
         f"Encoder mode: **{mode}** ({'resized frame padded to 1024 x 1024' if args.pad_to_square else 'resized frame padded only to a multiple of 16 px: 1024 x 576, a 64 x 36 embedding'}); backend {predictor.backend}.",
         "",
-        "| method | prompt (frame 0) | J-mean | F-mean | J&F | propagation s/frame |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *table_lines,
     ]
     labels = {"mask": "anymask mask propagation (default)", "box": "naive: box of previous mask"}
     for strategy, prompt in passes:
@@ -322,8 +328,8 @@ def main() -> int:
         "",
         "| sequence | frames | " + " | ".join(f"J {s}/{p}" for s, p in passes) + " |",
         "| --- | --- | " + " | ".join("---" for _ in passes) + " |",
-    ]
-    for n in names:
+    ] if passes else []
+    for n in names if passes else []:
         lines.append(f"| {n} | {per_seq[n]['frames']} | "
                      + " | ".join(f"{per_seq[n][f'{s}/{p}']['J']:.3f}" for s, p in passes) + " |")
     lines += ["", f"Model {args.model}, {result['machine']}, torch threads {result['torch_threads']}, load average "
@@ -335,8 +341,10 @@ def main() -> int:
     print(table)
     if not args.no_write:
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out / "video.json", json.dumps(result, indent=2) + "\n")
-        atomic_write_text(args.out / "video.md", "# Video benchmark (DAVIS 2016 val)\n\n" + table + "\n")
+        stem = "video_timing" if args.timing_only else "video"
+        atomic_write_text(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.out / f"{stem}.md", "# Video benchmark (DAVIS 2016 val)"
+                          + (": speed only" if args.timing_only else "") + "\n\n" + table + "\n")
     return 0
 
 
