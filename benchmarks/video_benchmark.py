@@ -10,17 +10,18 @@ Measures (DAVIS conventions, frame 0 excluded since it is the prompted frame): J
 the mean region IoU over frames; F-mean = the same for the boundary F-measure (``video_metrics.py``);
 sequence means first, then the mean over sequences.
 
-Frames are encoded in the video predictor's default mode (padded only to a multiple of the encoder's stride:
-1024 x 576 for DAVIS's 854 x 480, a 64 x 36 embedding), or padded to the square 1024 x 1024 input with
-``--pad-to-square`` (the old mode). Each frame is encoded once per run: the first pass (``mask`` method, box
-prompt) reads the JPEG frames from disk, encodes and propagates, timed end to end with a breakdown by stage
-(frame reading, encoder with its resize, decoder calls, upsampling to frame masks, the rest); the other passes
+Frames are encoded unpadded by default here (``VideoPredictor(pad_to_square=False)``, the speed option: padded
+only to a multiple of the encoder's stride, 1024 x 576 for DAVIS's 854 x 480, a 64 x 36 embedding), or padded to
+the square 1024 x 1024 input with ``--pad-to-square`` (the video predictor's default). Each frame is encoded
+once per run: the first pass (``mask`` method, box prompt) reads the JPEG frames from disk, encodes and
+propagates, timed end to end with a breakdown by stage (frame reading, encoder with its resize, decoder calls,
+upsampling to frame masks, the rest); the other passes
 reuse its embeddings (held in memory for one sequence at a time). With ``--embedding-cache DIR`` embeddings are
 read from / written to DIR (float16 ``.npy``, outside the repo) so that reruns skip the encoder (experiments);
 the end-to-end line is then left out.
 
 Speed under load: the machine is shared, so after each sequence the first ``--baseline-frames`` frames are also
-timed end to end in this mode and in the old padded mode, back to back; their ratio is the speed-up measured
+timed end to end in this mode and in the padded mode, back to back; their ratio is the speed-up measured
 under the same load. Load averages are recorded after each sequence.
 
     flock /tmp/anymask-bench.lock python benchmarks/video_benchmark.py [--sequences a,b] [--stride 2]
@@ -191,11 +192,11 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1: all)")
     parser.add_argument("--model", default="mobile_sam")
     parser.add_argument("--pad-to-square", action="store_true",
-                        help="encode frames padded to the square model input (the old mode) instead of the video "
-                        "default (padded only to a multiple of the encoder stride)")
+                        help="encode frames padded to the square model input (the video predictor's default) instead "
+                        "of the unpadded speed option (padded only to a multiple of the encoder stride)")
     parser.add_argument("--embedding-cache", type=Path, help="read/write frame embeddings here (not the repo)")
     parser.add_argument("--baseline-frames", type=int, default=10,
-                        help="per sequence, time the first N frames end to end in this mode and in the old padded "
+                        help="per sequence, time the first N frames end to end in this mode and in the padded "
                         "mode, back to back, so that the speed ratio is measured under the same load (0: skip)")
     parser.add_argument("--propagation", default="",
                         help="KEY=VALUE,... attributes of the mask propagation to change (experiments)")
@@ -234,7 +235,7 @@ def main() -> int:
     per_seq: dict[str, dict] = {}
     first: dict = {}
     propagate_s: dict[str, float] = {}
-    baseline = {"unpadded" if not args.pad_to_square else "padded": {}, "padded (old default)": {}}
+    baseline = {"unpadded" if not args.pad_to_square else "padded": {}, "padded (default)": {}}
     loads = []
     for name in names:
         rows = by_seq[name][::args.stride]
@@ -322,7 +323,7 @@ def main() -> int:
     for label, t in base.items():
         lines.append(stage_row(f"first {args.baseline_frames + 1} frames of each sequence, {label}", t))
     if ratio:
-        lines += ["", f"Same frames, same run: the {labels_b[0]} mode is **{ratio:.2f}x** as fast as the old padded "
+        lines += ["", f"Same frames, same run: the {labels_b[0]} mode is **{ratio:.2f}x** as fast as the padded "
                   "mode (the ratio holds under load; absolute frames/s depend on the load below)."]
     lines += [
         "",

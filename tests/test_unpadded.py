@@ -94,6 +94,12 @@ def test_padded_default_is_unchanged(mobile_sam, wide_photo):
     assert x.shape == (1, 3, 1024, 1024) and size == (576, 1024)
     assert p.preprocess(wide_photo, pad_to_square=False)[0].shape == (1, 3, 576, 1024)
     assert p.preprocess(wide_photo[:, :300], pad_to_square=False)[0].shape == (1, 3, 992, 1024)  # 983 -> 62 x 16
+    # pad_multiple: padding to a coarser multiple, never past the square input
+    coarse = Predictor(mobile_sam, backend="torch", pad_multiple=64)
+    assert coarse.preprocess(wide_photo, pad_to_square=False)[0].shape == (1, 3, 640, 1024)
+    assert coarse.embedding_grid((576, 1000), False) == (40, 64)
+    with pytest.raises(ModelError, match="multiple"):
+        Predictor(mobile_sam, backend="torch", pad_multiple=24)
     # a square image is encoded the same way in both modes
     square = np.ascontiguousarray(wide_photo[:, :288])
     assert np.array_equal(p.preprocess(square)[0], p.preprocess(square, pad_to_square=False)[0])
@@ -135,15 +141,15 @@ def test_onnx_agrees_with_torch_unpadded(mobile_sam, onnx_predictor, embeddings)
 
 
 def test_video_predictor_unpadded_on_davis(onnx_predictor, shared_data):
-    """Three DAVIS frames (854 x 480) in the video predictor's default, unpadded mode (default backend): the box
+    """Three DAVIS frames (854 x 480) in the video predictor's unpadded mode (default backend): the box
     on frame 0 is followed, the tracks hold (1, 144, 256) logits, and a mask prompt becomes logits of that size."""
     from anymask.video import VideoPredictor
 
     from benchmarks.datasets import box_of
 
     rows = [r for r in read_index(shared_data / "davis2016_val") if r["image"].parent.name == "blackswan"][:7:3]
-    video = VideoPredictor(onnx_predictor).open([r["image"] for r in rows])
-    assert not video.pad_to_square
+    assert VideoPredictor(onnx_predictor).pad_to_square  # the default keeps SAM's padding
+    video = VideoPredictor(onnx_predictor, pad_to_square=False).open([r["image"] for r in rows])
     video.add_prompt(0, 1, box=box_of(rows[0]))
     video.add_prompt(0, 2, mask=load_mask(rows[0]["mask"]))
     assert video._prompts[0][2].track.logits.shape == (1, 144, 256)

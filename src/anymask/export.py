@@ -54,13 +54,13 @@ class EncoderGraph(nn.Module):
     embedding is ``(1, C, ceil(h / stride), ceil(w / stride))``; such a graph is exported for one input shape.
     """
 
-    def __init__(self, model: Sam, pad_to_square: bool = True) -> None:
+    def __init__(self, model: Sam, pad_to_square: bool = True, pad_multiple: int | None = None) -> None:
         super().__init__()
         spec = model.spec
         self.encoder = model.image_encoder
         self.size = spec.image_size
         self.pad_to_square = pad_to_square
-        self.stride = spec.image_size // model.prompt_encoder.image_embedding_size[0]
+        self.multiple = pad_multiple or spec.image_size // model.prompt_encoder.image_embedding_size[0]
         self.min_max = spec.normalization == "min_max"
         self.register_buffer("mean", torch.tensor(spec.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -76,7 +76,8 @@ class EncoderGraph(nn.Module):
         if self.pad_to_square:
             x = F.pad(x, (0, self.size - w, 0, self.size - h))
         else:  # static shape: these are Python ints when exported for one shape
-            x = F.pad(x, (0, -int(w) % self.stride, 0, -int(h) % self.stride))
+            pad_w, pad_h = (min(-int(side) % self.multiple, self.size - int(side)) for side in (w, h))
+            x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.encoder(x)
 
 
@@ -160,11 +161,12 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
 
 
 def export_encoder(model: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                   shape: tuple[int, int] | None = None) -> Path:
+                   shape: tuple[int, int] | None = None, pad_multiple: int | None = None) -> Path:
     """Write the encoder graph (input ``image`` ``(h, w, 3)`` uint8, output ``image_embeddings``).
 
     Without ``shape`` the graph pads to the square input and takes any resized image; with ``shape = (h, w)``
-    it takes only images of that shape and pads them to a multiple of the encoder's stride only.
+    it takes only images of that shape and pads them to a multiple of ``pad_multiple`` px only (default: the
+    encoder's stride).
     """
     path = Path(path)
     size = model.spec.image_size
@@ -174,7 +176,7 @@ def export_encoder(model: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPS
                 {"image": {0: "height", 1: "width"}}, opset)
     else:
         dummy = torch.randint(0, 256, (int(shape[0]), int(shape[1]), 3), dtype=torch.uint8)
-        _export(EncoderGraph(model, pad_to_square=False), (dummy,), path, ["image"], ["image_embeddings"], {}, opset)
+        _export(EncoderGraph(model, pad_to_square=False, pad_multiple=pad_multiple), (dummy,), path, ["image"], ["image_embeddings"], {}, opset)
     return path
 
 

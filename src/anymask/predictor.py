@@ -150,7 +150,7 @@ class Predictor:
     """
 
     def __init__(self, model: Sam, spec: ModelSpec | None = None, backend: str = "auto",
-                 pad_to_square: bool = True) -> None:
+                 pad_to_square: bool = True, pad_multiple: int | None = None) -> None:
         """Args:
         model: a network from :func:`anymask.load_model`.
         spec: its :class:`~anymask.models.ModelSpec`; taken from ``model.spec`` when not given.
@@ -162,6 +162,8 @@ class Predictor:
             reference's results) or only to a multiple of the encoder's stride (faster on non-square images,
             results close to but not equal to the padded ones; see the module docstring). :meth:`set_image`
             can override it per image.
+        pad_multiple: without ``pad_to_square``, pad to a multiple of this many pixels (default: the encoder's
+            stride, 16 px for MobileSAM; a multiple of it).
         """
         spec = spec or getattr(model, "spec", None)
         if spec is None:
@@ -176,6 +178,10 @@ class Predictor:
         if self.backend != "torch":
             self._runner = OnnxRunner(model, quantize="int8" if self.backend == "onnx-int8" else None)
         self.pad_to_square = bool(pad_to_square)
+        stride = self.encoder_stride
+        if pad_multiple is not None and (pad_multiple < stride or pad_multiple % stride):
+            raise ModelError(f"pad_multiple must be a multiple of the encoder's stride ({stride}), got {pad_multiple}")
+        self.pad_multiple: int = pad_multiple or stride
         self._embedding: ImageEmbedding | None = None
         self._features: torch.Tensor | None = None
 
@@ -193,8 +199,9 @@ class Predictor:
         """``(gh, gw)`` of the embedding of an image resized to ``input_size = (h, w)``."""
         if pad_to_square:
             return tuple(self.model.prompt_encoder.image_embedding_size)  # type: ignore[return-value]
-        stride = self.encoder_stride
-        return -(-input_size[0] // stride), -(-input_size[1] // stride)
+        stride, multiple = self.encoder_stride, getattr(self, "pad_multiple", self.encoder_stride)
+        size = self.spec.image_size  # never past the square input (whose positions the model knows)
+        return tuple(min(-(-side // multiple) * multiple, size) // stride for side in input_size)  # type: ignore
 
     @property
     def low_res_size(self) -> tuple[int, int]:
@@ -212,9 +219,6 @@ class Predictor:
 
         Resizing is bilinear (PIL, as SAM and MobileSAM do) or area-averaging (OpenCV ``INTER_AREA``, as
         LiteMedSAM does), by the model's spec.
-
-        Args:
-            image: ``(H, W, 3)`` uint8 RGB.
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB.
@@ -270,7 +274,8 @@ class Predictor:
         if self._runner is not None:
             resized = self.resize(rgb)
             input_size = (int(resized.shape[0]), int(resized.shape[1]))
-            features = torch.from_numpy(self._runner.encode(resized, pad_to_square=pad))
+            multiple = None if self.pad_multiple == self.encoder_stride else self.pad_multiple
+            features = torch.from_numpy(self._runner.encode(resized, pad_to_square=pad, pad_multiple=multiple))
         else:
             x, input_size = self.preprocess(rgb, pad)
             features = self.model.image_encoder(x)
@@ -293,9 +298,13 @@ class Predictor:
             raise ModelError(f"embedding was made by {embedding.model!r}, this predictor runs {self.spec.name!r}")
         problem = embedding.problem()
         expected_input = resized_shape(*embedding.original_size, self.spec.image_size)
-        grids = {self.embedding_grid(expected_input, pad) for pad in (True, False)}
-        if problem is None and tuple(embedding.features.shape[-2:]) not in grids:
-            problem = f"features grid {tuple(embedding.features.shape[-2:])}, this model uses one of {sorted(grids)}"
+        # any padding from the encoder's stride (smallest grid) up to the square input (full grid) is valid
+        smallest, full = self.embedding_grid(expected_input, False), self.embedding_grid(expected_input, True)
+        if self.pad_multiple != self.encoder_stride:
+            smallest = tuple(-(-side // self.encoder_stride) for side in expected_input)
+        grid = tuple(embedding.features.shape[-2:])
+        if problem is None and not all(low <= g <= high for g, low, high in zip(grid, smallest, full)):
+            problem = f"features grid {grid}, this model gives {smallest} to {full} for this image"
         if problem is None and tuple(embedding.input_size) != expected_input:
             problem = f"input_size {embedding.input_size}, expected {expected_input} for {embedding.original_size}"
         if problem:

@@ -154,24 +154,25 @@ class OnnxRunner:
         self.encoder = session(ENCODER_FILE)
         self.decoder = session(DECODER_FILE)
         self.decoder_no_mask = session(DECODER_NO_MASK_FILE)
-        self._shape_encoders: dict[tuple[int, int], object] = {}
+        self._shape_encoders: dict[tuple[int, int, int], object] = {}
 
-    def encode(self, resized: np.ndarray, pad_to_square: bool = True) -> np.ndarray:
+    def encode(self, resized: np.ndarray, pad_to_square: bool = True, pad_multiple: int | None = None) -> np.ndarray:
         """Resized ``(h, w, 3)`` uint8 RGB (longer side = the model's input size) -> ``(1, C, 64, 64)``.
 
         With ``pad_to_square=False`` the image is padded only to a multiple of the encoder's stride:
         ``(1, C, ceil(h / 16), ceil(w / 16))`` for MobileSAM, by a graph exported for this shape on first use.
         """
         image = np.ascontiguousarray(resized, dtype=np.uint8)
-        encoder = self.encoder if pad_to_square else self._shape_encoder(image.shape[0], image.shape[1])
+        encoder = self.encoder if pad_to_square else self._shape_encoder(image.shape[0], image.shape[1],
+                                                                         pad_multiple)
         return encoder.run(None, {"image": image})[0]
 
-    def _shape_encoder(self, height: int, width: int):
+    def _shape_encoder(self, height: int, width: int, pad_multiple: int | None = None):
         """The onnxruntime session of the unpadded encoder for ``(height, width)`` inputs (exported once)."""
-        key = (int(height), int(width))
+        key = (int(height), int(width), int(pad_multiple or 0))
         encoder = self._shape_encoders.pop(key, None)
         if encoder is None:
-            name = f"encoder_{key[0]}x{key[1]}.onnx"
+            name = f"encoder_{key[0]}x{key[1]}" + (f"_pad{key[2]}" if key[2] else "") + ".onnx"
             path = self._folder / name
             if not path.is_file():
                 from .export import export_encoder, quantize_int8
@@ -180,7 +181,7 @@ class OnnxRunner:
                             key[1], key[0], self._folder)
                 tmp = Path(tempfile.mkdtemp(dir=self._folder, prefix=f".{name}."))
                 try:
-                    export_encoder(self._model, tmp / name, shape=key)
+                    export_encoder(self._model, tmp / name, shape=key[:2], pad_multiple=pad_multiple)
                     if self._quantize == "int8":
                         quantize_int8(tmp / name, tmp / name)
                     os.replace(tmp / name, path)
