@@ -95,9 +95,9 @@ def test_padded_default_is_unchanged(mobile_sam, wide_photo):
     assert p.preprocess(wide_photo, pad_to_square=False)[0].shape == (1, 3, 576, 1024)
     assert p.preprocess(wide_photo[:, :300], pad_to_square=False)[0].shape == (1, 3, 992, 1024)  # 983 -> 62 x 16
     # pad_multiple: padding to a coarser multiple, never past the square input
-    coarse = Predictor(mobile_sam, backend="torch", pad_multiple=64)
-    assert coarse.preprocess(wide_photo, pad_to_square=False)[0].shape == (1, 3, 640, 1024)
-    assert coarse.embedding_grid((576, 1000), False) == (40, 64)
+    coarse = Predictor(mobile_sam, backend="torch", pad_multiple=224)  # 14 cells: a stage-3 attention window
+    assert coarse.preprocess(wide_photo, pad_to_square=False)[0].shape == (1, 3, 672, 1024)
+    assert coarse.embedding_grid((576, 1000), False) == (42, 64)
     with pytest.raises(ModelError, match="multiple"):
         Predictor(mobile_sam, backend="torch", pad_multiple=24)
     # a square image is encoded the same way in both modes
