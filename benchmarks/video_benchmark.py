@@ -10,12 +10,19 @@ Measures (DAVIS conventions, frame 0 excluded since it is the prompted frame): J
 the mean region IoU over frames; F-mean = the same for the boundary F-measure (``video_metrics.py``);
 sequence means first, then the mean over sequences.
 
-Each frame is encoded once per run: the first pass (``mask`` method, box prompt) reads the JPEG frames from
-disk, encodes and propagates, timed end to end (frames/s and a breakdown: frame reading, encoder, propagation);
-the other passes reuse its embeddings (held in memory for one sequence at a time). With ``--embedding-cache
-DIR`` embeddings are read from / written to DIR (float16 ``.npy``, outside the repo) so that reruns skip the
-encoder; frames/s then come from a separate end-to-end pass over ``--fps-frames`` frames of ``--fps-sequence``
-that encodes every frame.
+Frames are encoded unpadded by default here (``VideoPredictor(pad_to_square=False)``, the speed option: padded
+only to a multiple of the encoder's stride, 1024 x 576 for DAVIS's 854 x 480, a 64 x 36 embedding), or padded to
+the square 1024 x 1024 input with ``--pad-to-square`` (the video predictor's default). Each frame is encoded
+once per run: the first pass (``mask`` method, box prompt) reads the JPEG frames from disk, encodes and
+propagates, timed end to end with a breakdown by stage (frame reading, encoder with its resize, decoder calls,
+upsampling to frame masks, the rest); the other passes
+reuse its embeddings (held in memory for one sequence at a time). With ``--embedding-cache DIR`` embeddings are
+read from / written to DIR (float16 ``.npy``, outside the repo) so that reruns skip the encoder (experiments);
+the end-to-end line is then left out.
+
+Speed under load: the machine is shared, so after each sequence the first ``--baseline-frames`` frames are also
+timed end to end in this mode and in the padded mode, back to back; their ratio is the speed-up measured
+under the same load. Load averages are recorded after each sequence.
 
     flock /tmp/anymask-bench.lock python benchmarks/video_benchmark.py [--sequences a,b] [--stride 2]
 
@@ -25,6 +32,7 @@ Writes benchmarks/results/video.json and video.md and prints the table.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -44,8 +52,36 @@ from benchmarks.video_metrics import boundary_f, region_j  # noqa: E402
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
+STAGES = ("read", "encode", "decode", "upsample")
+
+
+class StageTimer:
+    """Wall time spent in a few methods of a predictor and a frame source (wrapped on the instances only)."""
+
+    def __init__(self) -> None:
+        self.seconds = {stage: 0.0 for stage in STAGES}
+        self.calls = {stage: 0 for stage in STAGES}
+
+    def wrap(self, obj, method: str, stage: str) -> None:
+        inner = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+                self.calls[stage] += 1
+
+        setattr(obj, method, timed)
+
+    def unwrap(self, obj, *methods: str) -> None:
+        for method in methods:
+            obj.__dict__.pop(method, None)
+
+
 def _timed_predictor_class():
-    from anymask.predictor import ImageEmbedding
+    from anymask.predictor import ImageEmbedding, resized_shape
     from anymask.video import VideoPredictor
 
     class TimedVideoPredictor(VideoPredictor):
@@ -64,7 +100,6 @@ def _timed_predictor_class():
             if embedding is None and path is not None and path.exists():
                 h, w = frame.shape[:2]
                 features = np.load(path).astype(np.float32)
-                from anymask.predictor import resized_shape
 
                 embedding = ImageEmbedding(features, (h, w), resized_shape(h, w, self.predictor.spec.image_size),
                                            self.predictor.spec.name)
@@ -72,7 +107,7 @@ def _timed_predictor_class():
                 self.predictor.set_embedding(embedding)
             else:
                 start = time.perf_counter()
-                embedding = self.predictor.set_image(frame)
+                embedding = self.predictor.set_image(frame, pad_to_square=self.pad_to_square)
                 self.encode_s += time.perf_counter() - start
                 self.encoded += 1
                 if path is not None:
@@ -84,12 +119,26 @@ def _timed_predictor_class():
     return TimedVideoPredictor
 
 
-def run_pass(predictor, rows, strategy, prompt, known, cache_dir=None, stride=1):
-    """Propagate one sequence; returns per-frame masks (frames 1..), timing, and the embeddings used."""
+def run_pass(predictor, rows, strategy, prompt, known, cache_dir=None, stride=1, pad_to_square=False,
+             overrides=None):
+    """Propagate one sequence; returns per-frame masks (frames 1..), timing, and the embeddings used.
+
+    Timing: ``total_s`` end to end; ``encode_s`` the encoder (resize included); ``stages``: seconds in frame
+    reading (JPEG decode), the encoder, decoder calls and upsampling to frame masks (the rest is propagation
+    logic: boxes, overlaps, loss detection).
+    """
     cls = _timed_predictor_class()
-    video = cls(predictor, strategy=strategy, known=known, cache_dir=cache_dir, stride=stride)
+    video = cls(predictor, strategy=strategy, known=known, cache_dir=cache_dir, stride=stride,
+                pad_to_square=pad_to_square)
+    for key, value in (overrides or {}).items():
+        setattr(video.propagation, key, value)
+    timer = StageTimer()
+    timer.wrap(predictor, "set_image", "encode")
+    timer.wrap(predictor, "predict_low_res", "decode")
+    timer.wrap(predictor, "masks_from_low_res", "upsample")
     start = time.perf_counter()
     video.open([r["image"] for r in rows])  # a list of JPEG paths: read lazily, one frame at a time
+    timer.wrap(video.source, "read", "read")
     if prompt == "box":
         video.add_prompt(0, 1, box=box_of(rows[0]))
     else:
@@ -107,8 +156,9 @@ def run_pass(predictor, rows, strategy, prompt, known, cache_dir=None, stride=1)
         if index > 0:
             masks[index] = out[1]
     total = time.perf_counter() - start
+    timer.unwrap(predictor, "set_image", "predict_low_res", "masks_from_low_res")
     return masks, {"total_s": total, "encode_s": video.encode_s, "encoded": video.encoded,
-                   "frames": len(rows)}, video.known
+                   "frames": len(rows), "stages": timer.seconds, "calls": timer.calls}, video.known
 
 
 def score(rows, masks):
@@ -117,140 +167,185 @@ def score(rows, masks):
     return float(np.mean(j)), float(np.mean(f))
 
 
+def per_frame(t: dict) -> dict:
+    """Seconds per frame: total, each stage, and the rest (propagation logic), from a run_pass timing."""
+    frames = max(1, t["frames"])
+    out = {"total": t["total_s"] / frames}
+    out.update({stage: t["stages"][stage] / frames for stage in STAGES})
+    out["rest"] = out["total"] - sum(out[stage] for stage in STAGES)
+    return out
+
+
+def add_timing(into: dict, t: dict) -> None:
+    for key in ("frames", "total_s", "encode_s", "encoded"):
+        into[key] = into.get(key, 0) + t[key]
+    stages = into.setdefault("stages", {stage: 0.0 for stage in STAGES})
+    calls = into.setdefault("calls", {stage: 0 for stage in STAGES})
+    for stage in STAGES:
+        stages[stage] += t["stages"][stage]
+        calls[stage] += t["calls"][stage]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequences", default="", help="comma-separated sequence names (default: all)")
     parser.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1: all)")
     parser.add_argument("--model", default="mobile_sam")
+    parser.add_argument("--pad-to-square", action="store_true",
+                        help="encode frames padded to the square model input (the video predictor's default) instead "
+                        "of the unpadded speed option (padded only to a multiple of the encoder stride)")
     parser.add_argument("--embedding-cache", type=Path, help="read/write frame embeddings here (not the repo)")
-    parser.add_argument("--fps-sequence", default="blackswan", help="sequence of the end-to-end fps pass")
-    parser.add_argument("--fps-frames", type=int, default=20, help="frames of the fps pass (with a cache)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads of the accuracy passes (default: torch's choice); the end-to-end fps "
-                        "pass always runs with torch's default")
-    parser.add_argument("--fps-only", action="store_true",
-                        help="only the end-to-end fps pass (prints; writes video_fps.json under --out)")
+    parser.add_argument("--baseline-frames", type=int, default=10,
+                        help="per sequence, time the first N frames end to end in this mode and in the padded "
+                        "mode, back to back, so that the speed ratio is measured under the same load (0: skip)")
+    parser.add_argument("--propagation", default="",
+                        help="KEY=VALUE,... attributes of the mask propagation to change (experiments)")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only the --baseline-frames timing of both modes (no accuracy passes); writes "
+                        "video_timing.json / .md (a quick speed check, e.g. when the machine is idle)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true", help="print only (experiments)")
     args = parser.parse_args()
 
     import torch
 
     from anymask import Predictor, __version__, load_model
+    from anymask.fileio import atomic_write_text
 
-    default_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     data = SHARED_DATA / "davis2016_val"
     by_seq: dict[str, list[dict]] = {}
     for row in read_index(data):
         by_seq.setdefault(row["image"].parent.name, []).append(row)
     names = args.sequences.split(",") if args.sequences else sorted(by_seq)
     predictor = Predictor(load_model(args.model))
-    load_start = os.getloadavg()
-    if args.fps_only:
-        rows = by_seq[args.fps_sequence][:args.fps_frames]
-        _, t, _ = run_pass(predictor, rows, "mask", "box", {}, None)
-        t.update(fps=t["frames"] / t["total_s"], encoder_s_per_frame=t["encode_s"] / t["frames"],
-                 rest_s_per_frame=(t["total_s"] - t["encode_s"]) / t["frames"], load_average_start=load_start,
-                 load_average_end=os.getloadavg(), sequence=args.fps_sequence, torch_threads=torch.get_num_threads())
-        print(json.dumps(t, indent=2))
-        from anymask.fileio import atomic_write_text
+    mode = "padded" if args.pad_to_square else "unpadded"
+    overrides = {}
+    for item in filter(None, args.propagation.split(",")):
+        key, value = item.split("=")
+        overrides[key] = ast.literal_eval(value)
+    # warm-up outside the timings: graph export for this frame shape (once per machine) and session creation
+    from anymask.images import load_image
 
-        atomic_write_text(args.out / "video_fps.json", json.dumps(t, indent=2) + "\n")
-        return 0
-    passes = [("mask", "box"), ("box", "box"), ("mask", "mask")]
+    warm = load_image(by_seq[names[0]][0]["image"])
+    for pad in {args.pad_to_square, True}:
+        predictor.set_image(warm, pad_to_square=pad)
+    load_start = os.getloadavg()
+
+    passes = [] if args.timing_only else [("mask", "box"), ("box", "box"), ("mask", "mask")]
     per_seq: dict[str, dict] = {}
-    timing = {"frames": 0, "total_s": 0.0, "encode_s": 0.0, "encoded": 0, "propagate_s": {}}
+    first: dict = {}
+    propagate_s: dict[str, float] = {}
+    baseline = {"unpadded" if not args.pad_to_square else "padded": {}, "padded (default)": {}}
+    loads = []
     for name in names:
         rows = by_seq[name][::args.stride]
-        cache_dir = args.embedding_cache / args.model / name if args.embedding_cache else None
+        cache_dir = args.embedding_cache / args.model / mode / name if args.embedding_cache else None
         known: dict = {}
         per_seq[name] = {"frames": len(rows)}
         for strategy, prompt in passes:
-            masks, t, known = run_pass(predictor, rows, strategy, prompt, known, cache_dir, args.stride)
+            masks, t, known = run_pass(predictor, rows, strategy, prompt, known, cache_dir, args.stride,
+                                       args.pad_to_square, overrides if strategy == "mask" else None)
             j, f = score(rows, masks)
             per_seq[name][f"{strategy}/{prompt}"] = {"J": j, "F": f}
-            prop = t["total_s"] - t["encode_s"]
-            timing["propagate_s"].setdefault(f"{strategy}/{prompt}", 0.0)
-            timing["propagate_s"][f"{strategy}/{prompt}"] += prop
+            key = f"{strategy}/{prompt}"
+            propagate_s[key] = propagate_s.get(key, 0.0) + t["total_s"] - t["encode_s"]
             if (strategy, prompt) == passes[0]:
-                for key in ("frames", "total_s", "encode_s", "encoded"):
-                    timing[key] += t[key]
+                add_timing(first, t)
             print(f"{name:20s} {strategy}/{prompt:4s} J={j:.3f} F={f:.3f} frames={len(rows)} "
                   f"encoded={t['encoded']} s={t['total_s']:.1f}", flush=True)
         del known
-
-    # end-to-end fps: reading JPEGs + encoder + propagation, every frame encoded in this run
-    fps_rows = by_seq[args.fps_sequence][:args.fps_frames]
-    accuracy_threads = torch.get_num_threads()
-    torch.set_num_threads(default_threads)
-    if timing["encoded"] == timing["frames"]:
-        fps_source = f"the accuracy pass of the mask method: all {timing['frames']} frames encoded in this run"
-        e2e = {"frames": timing["frames"], "total_s": timing["total_s"], "encode_s": timing["encode_s"],
-               "propagate_s": timing["propagate_s"]["mask/box"] - 0.0}
-    else:
-        _, t, known = run_pass(predictor, fps_rows, "mask", "box", {}, None)
-        start = time.perf_counter()
-        run_pass(predictor, fps_rows, "box", "box", known, None)
-        box_prop = time.perf_counter() - start
-        fps_source = f"a separate pass over the first {len(fps_rows)} frames of {args.fps_sequence}"
-        e2e = {"frames": t["frames"], "total_s": t["total_s"], "encode_s": t["encode_s"],
-               "propagate_s": t["total_s"] - t["encode_s"], "box_propagate_s": box_prop}
-    e2e["fps"] = e2e["frames"] / e2e["total_s"]
-    e2e["encoder_s_per_frame"] = e2e["encode_s"] / e2e["frames"]
-    e2e["rest_s_per_frame"] = (e2e["total_s"] - e2e["encode_s"]) / e2e["frames"]
+        if args.baseline_frames:
+            head = rows[: args.baseline_frames + 1]
+            for label, pad in zip(baseline, (args.pad_to_square, True)):
+                _, t, _ = run_pass(predictor, head, "mask", "box", {}, None, args.stride, pad)
+                add_timing(baseline[label], t)
+            print(f"{name:20s} baseline timing: " + ", ".join(
+                f"{label} {baseline[label]['total_s'] / baseline[label]['frames']:.3f} s/frame" for label in baseline),
+                flush=True)
+        loads.append(os.getloadavg()[0])
 
     summary = {}
+    total_frames = sum(per_seq[n]["frames"] for n in names)
     for strategy, prompt in passes:
         key = f"{strategy}/{prompt}"
         summary[key] = {
             "J_mean": float(np.mean([per_seq[n][key]["J"] for n in names])),
             "F_mean": float(np.mean([per_seq[n][key]["F"] for n in names])),
-            "propagate_s_per_frame": timing["propagate_s"][key] / max(1, sum(per_seq[n]["frames"] for n in names)),
+            "propagate_s_per_frame": propagate_s[key] / max(1, total_frames),
         }
+    e2e = None
+    if first and first["encoded"] == first["frames"]:
+        e2e = {**first, "per_frame_s": per_frame(first)}
+        e2e["fps"] = 1.0 / e2e["per_frame_s"]["total"]
+    base = {label: {**t, "per_frame_s": per_frame(t), "fps": t["frames"] / t["total_s"]}
+            for label, t in baseline.items() if t}
+    labels_b = list(base)
+    ratio = (base[labels_b[1]]["per_frame_s"]["total"] / base[labels_b[0]]["per_frame_s"]["total"]
+             if len(base) == 2 else None)
     result = {
         "benchmark": "video (DAVIS 2016 val, first-frame prompt, propagation to the last frame)",
-        "anymask_version": __version__, "model": args.model, "torch_threads_accuracy": accuracy_threads,
-        "torch_threads_fps": torch.get_num_threads(),
+        "anymask_version": __version__, "model": args.model, "backend": predictor.backend,
+        "encoder_mode": mode, "propagation_overrides": overrides, "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average_start": load_start,
-        "load_average_end": os.getloadavg(), "sequences": names, "stride": args.stride,
-        "frames": sum(per_seq[n]["frames"] for n in names), "summary": summary, "per_sequence": per_seq,
-        "end_to_end": e2e, "fps_source": fps_source,
+        "load_average_after_each_sequence": loads, "load_average_end": os.getloadavg(), "sequences": names,
+        "stride": args.stride, "frames": total_frames, "summary": summary, "per_sequence": per_seq,
+        "end_to_end": e2e, "baseline_timing": base, "speedup_vs_padded": ratio,
         "embeddings": "computed in this run" if not args.embedding_cache else
-        f"cached float16 embeddings of this model (computed once, {timing['encoded']} frames encoded in this run)",
+        f"cached float16 embeddings of this model (computed once, {first.get('encoded', 0)} frames encoded in this run)",
     }
-    lines = [
+    table_lines = [
         "| method | prompt (frame 0) | J-mean | F-mean | J&F | propagation s/frame |",
         "| --- | --- | --- | --- | --- | --- |",
+    ] if passes else []
+    lines = [
+        f"Encoder mode: **{mode}** ({'resized frame padded to 1024 x 1024' if args.pad_to_square else 'resized frame padded only to a multiple of 16 px: 1024 x 576, a 64 x 36 embedding'}); backend {predictor.backend}.",
+        "",
+        *table_lines,
     ]
     labels = {"mask": "anymask mask propagation (default)", "box": "naive: box of previous mask"}
     for strategy, prompt in passes:
         s = summary[f"{strategy}/{prompt}"]
         lines.append(f"| {labels[strategy]} | {prompt} | {s['J_mean']:.3f} | {s['F_mean']:.3f} | "
                      f"{(s['J_mean'] + s['F_mean']) / 2:.3f} | {s['propagate_s_per_frame']:.3f} |")
+    stage_head = "| run | frames | frames/s | s/frame | read | encoder (resize incl.) | decoder | upsample | rest |"
+    stage_rule = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+
+    def stage_row(label: str, t: dict) -> str:
+        pf = t["per_frame_s"]
+        return (f"| {label} | {t['frames']} | {1 / pf['total']:.2f} | {pf['total']:.3f} | {pf['read']:.3f} | "
+                f"{pf['encode']:.3f} | {pf['decode']:.3f} ({t['calls']['decode'] / t['frames']:.1f} calls) | "
+                f"{pf['upsample']:.3f} | {pf['rest']:.3f} |")
+
+    lines += ["", "End to end (read JPEG + encode + propagate, mask method, box prompt), seconds per frame by stage:", "",
+              stage_head, stage_rule]
+    if e2e:
+        lines.append(stage_row(f"accuracy pass, {mode}, all frames", e2e))
+    for label, t in base.items():
+        lines.append(stage_row(f"first {args.baseline_frames + 1} frames of each sequence, {label}", t))
+    if ratio:
+        lines += ["", f"Same frames, same run: the {labels_b[0]} mode is **{ratio:.2f}x** as fast as the padded "
+                  "mode (the ratio holds under load; absolute frames/s depend on the load below)."]
     lines += [
-        "",
-        f"End to end (read JPEG + encode + propagate, mask method): **{e2e['fps']:.2f} frames/s** = "
-        f"{e2e['encoder_s_per_frame']:.3f} s encoder + {e2e['rest_s_per_frame']:.3f} s reading and propagation per "
-        f"frame; measured on {fps_source}.",
         "",
         "| sequence | frames | " + " | ".join(f"J {s}/{p}" for s, p in passes) + " |",
         "| --- | --- | " + " | ".join("---" for _ in passes) + " |",
-    ]
-    for n in names:
+    ] if passes else []
+    for n in names if passes else []:
         lines.append(f"| {n} | {per_seq[n]['frames']} | "
                      + " | ".join(f"{per_seq[n][f'{s}/{p}']['J']:.3f}" for s, p in passes) + " |")
-    lines += ["", f"Model {args.model}, {result['machine']}, torch threads {accuracy_threads} (accuracy passes) / "
-              f"{result['torch_threads_fps']} (fps pass), load average "
-              f"{load_start[0]:.1f} at start, {result['load_average_end'][0]:.1f} at end (shared machine). "
-              f"Embeddings: {result['embeddings']}. Stride {args.stride}."]
+    lines += ["", f"Model {args.model}, {result['machine']}, torch threads {result['torch_threads']}, load average "
+              f"{load_start[0]:.1f} at start, {', '.join(f'{v:.1f}' for v in loads)} after each sequence, "
+              f"{result['load_average_end'][0]:.1f} at end (shared machine: other jobs ran). "
+              f"Embeddings: {result['embeddings']}. Stride {args.stride}."
+              + (f" Propagation overrides: {overrides}." if overrides else "")]
     table = "\n".join(lines)
     print(table)
-    from anymask.fileio import atomic_write_text
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "video.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "video.md", "# Video benchmark (DAVIS 2016 val)\n\n" + table + "\n")
+    if not args.no_write:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = "video_timing" if args.timing_only else "video"
+        atomic_write_text(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.out / f"{stem}.md", "# Video benchmark (DAVIS 2016 val)"
+                          + (": speed only" if args.timing_only else "") + "\n\n" + table + "\n")
     return 0
 
 

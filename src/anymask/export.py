@@ -7,14 +7,18 @@ Graphs (all float32 unless ``quantize="int8"``; see ``docs/onnx.md`` for the ful
     (1024 for SAM / MobileSAM; resize with PIL bilinear, or OpenCV area for LiteMedSAM, exactly as
     :meth:`anymask.Predictor.preprocess` does) -> ``image_embeddings`` ``(1, 256, 64, 64)``. Normalisation and
     zero padding to the square input happen inside the graph. The resize stays outside: PIL's bilinear filter
-    (an antialiasing filter when shrinking) has no exact ONNX equivalent.
+    (an antialiasing filter when shrinking) has no exact ONNX equivalent. The runtime also exports, per input
+    shape, encoders that pad only to a multiple of the encoder's stride (``pad_to_square=False``, see
+    :mod:`anymask.predictor`): ``(h, w, 3)`` fixed -> ``(1, 256, ceil(h / 16), ceil(w / 16))``.
 ``decoder.onnx``
     SAM's ONNX decoder contract, extended: ``image_embeddings``, ``point_coords`` ``(B, N, 2)`` (x, y) pixels
     of the *original* image, ``point_labels`` ``(B, N)`` (1 foreground, 0 background, 2 / 3 box top-left /
     bottom-right corner, -1 padding), ``mask_input`` ``(B, 1, 256, 256)``, ``has_mask_input`` ``(B,)``,
     ``orig_im_size`` ``(2,)`` int64 (H, W), ``multimask`` ``(1,)`` int64 (1: the 3 alternatives, 0: the
     single mask) -> ``masks`` ``(B, C, H, W)`` logits, ``iou_predictions`` ``(B, C)``, ``low_res_masks``
-    ``(B, C, 256, 256)``. Any B, N, H and W.
+    ``(B, C, 256, 256)``. Any B, N, H and W. The embedding grid may also be smaller than ``64 x 64`` (an image
+    encoded without padding): ``image_embeddings`` ``(1, 256, gh, gw)``, ``mask_input`` and ``low_res_masks``
+    ``(..., 4 gh, 4 gw)``; the positional encoding is the top-left ``gh x gw`` part of the full grid's.
 
 The runtime (:mod:`anymask.runtime`) uses lighter decoder graphs (``full_res=False``): they return all four
 mask tokens at low resolution, and have a variant without mask input whose image side is shared by the batch.
@@ -44,13 +48,19 @@ DEFAULT_OPSET = 17
 
 
 class EncoderGraph(nn.Module):
-    """Resized uint8 image ``(h, w, 3)`` -> image embedding ``(1, C, 64, 64)`` (normalise, pad, encode)."""
+    """Resized uint8 image ``(h, w, 3)`` -> image embedding ``(1, C, 64, 64)`` (normalise, pad, encode).
 
-    def __init__(self, model: Sam) -> None:
+    With ``pad_to_square=False`` the image is padded only to a multiple of the encoder's stride and the
+    embedding is ``(1, C, ceil(h / stride), ceil(w / stride))``; such a graph is exported for one input shape.
+    """
+
+    def __init__(self, model: Sam, pad_to_square: bool = True, pad_multiple: int | None = None) -> None:
         super().__init__()
         spec = model.spec
         self.encoder = model.image_encoder
         self.size = spec.image_size
+        self.pad_to_square = pad_to_square
+        self.multiple = pad_multiple or spec.image_size // model.prompt_encoder.image_embedding_size[0]
         self.min_max = spec.normalization == "min_max"
         self.register_buffer("mean", torch.tensor(spec.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -63,7 +73,11 @@ class EncoderGraph(nn.Module):
         else:
             x = (x - self.mean) / self.std
         h, w = x.shape[-2], x.shape[-1]
-        x = F.pad(x, (0, self.size - w, 0, self.size - h))
+        if self.pad_to_square:
+            x = F.pad(x, (0, self.size - w, 0, self.size - h))
+        else:  # static shape: these are Python ints when exported for one shape
+            pad_w, pad_h = (min(-int(side) % self.multiple, self.size - int(side)) for side in (w, h))
+            x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.encoder(x)
 
 
@@ -113,13 +127,16 @@ class DecoderGraph(nn.Module):
             dense = flag * self.prompt_encoder.mask_downscaling(mask_input) + (1 - flag) * no_mask
         else:
             dense = no_mask
-        low_res, iou = self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)
+        # the grid may be smaller than the full one (an unpadded image): its cells keep their training positions
+        image_pe = self.image_pe[:, :, : image_embeddings.shape[2], : image_embeddings.shape[3]]
+        low_res, iou = self.mask_decoder.predict_masks(image_embeddings, image_pe, sparse, dense)
         if not self.full_res:
             return low_res, iou
         start = multimask.reshape(()).to(torch.int64)
         stop = 1 + 3 * start
         low_res, iou = low_res[:, start:stop], iou[:, start:stop]
-        masks = F.interpolate(low_res, (self.size, self.size), mode="bilinear", align_corners=False)
+        factor = float(self.size // self.prompt_encoder.mask_input_size[0])
+        masks = F.interpolate(low_res, scale_factor=factor, mode="bilinear", align_corners=False)
         masks = masks[..., : resized[0], : resized[1]]
         masks = F.interpolate(masks, (orig_im_size[0], orig_im_size[1]), mode="bilinear", align_corners=False)
         return masks, iou, low_res
@@ -143,13 +160,23 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
             os.unlink(tmp)
 
 
-def export_encoder(model: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
-    """Write the encoder graph (input ``image`` ``(h, w, 3)`` uint8, output ``image_embeddings``)."""
+def export_encoder(model: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                   shape: tuple[int, int] | None = None, pad_multiple: int | None = None) -> Path:
+    """Write the encoder graph (input ``image`` ``(h, w, 3)`` uint8, output ``image_embeddings``).
+
+    Without ``shape`` the graph pads to the square input and takes any resized image; with ``shape = (h, w)``
+    it takes only images of that shape and pads them to a multiple of ``pad_multiple`` px only (default: the
+    encoder's stride).
+    """
     path = Path(path)
     size = model.spec.image_size
-    dummy = torch.randint(0, 256, (size * 3 // 4, size, 3), dtype=torch.uint8)
-    _export(EncoderGraph(model), (dummy,), path, ["image"], ["image_embeddings"],
-            {"image": {0: "height", 1: "width"}}, opset)
+    if shape is None:
+        dummy = torch.randint(0, 256, (size * 3 // 4, size, 3), dtype=torch.uint8)
+        _export(EncoderGraph(model), (dummy,), path, ["image"], ["image_embeddings"],
+                {"image": {0: "height", 1: "width"}}, opset)
+    else:
+        dummy = torch.randint(0, 256, (int(shape[0]), int(shape[1]), 3), dtype=torch.uint8)
+        _export(EncoderGraph(model, pad_to_square=False, pad_multiple=pad_multiple), (dummy,), path, ["image"], ["image_embeddings"], {}, opset)
     return path
 
 
@@ -164,11 +191,13 @@ def export_decoder(model: Sam, path: str | os.PathLike, full_res: bool = True, m
     labels = torch.tensor([[1, 0, -1], [2, 3, 1]], dtype=torch.float32)
     args: list = [embed, coords, labels]
     names = ["image_embeddings", "point_coords", "point_labels"]
-    axes: dict = {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"}}
+    axes: dict = {"image_embeddings": {2: "grid_height", 3: "grid_width"},
+                  "point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"}}
+    low_axes = {0: "batch", 2: "low_res_height", 3: "low_res_width"}
     if mask_input:
         args += [torch.randn(2, 1, *low), torch.tensor([1.0, 0.0])]
         names += ["mask_input", "has_mask_input"]
-        axes.update({"mask_input": {0: "batch"}, "has_mask_input": {0: "batch"}})
+        axes.update({"mask_input": low_axes, "has_mask_input": {0: "batch"}})
     else:
         args += [None, None]
     args.append(torch.tensor([480, 640], dtype=torch.int64))
@@ -178,10 +207,10 @@ def export_decoder(model: Sam, path: str | os.PathLike, full_res: bool = True, m
         names.append("multimask")
         outputs = ["masks", "iou_predictions", "low_res_masks"]
         axes.update({"masks": {0: "batch", 1: "num_masks", 2: "height", 3: "width"},
-                     "iou_predictions": {0: "batch", 1: "num_masks"}, "low_res_masks": {0: "batch", 1: "num_masks"}})
+                     "iou_predictions": {0: "batch", 1: "num_masks"}, "low_res_masks": {**low_axes, 1: "num_masks"}})
     else:
         outputs = ["low_res_masks", "iou_predictions"]
-        axes.update({"low_res_masks": {0: "batch"}, "iou_predictions": {0: "batch"}})
+        axes.update({"low_res_masks": low_axes, "iou_predictions": {0: "batch"}})
     graph = DecoderGraph(model, full_res=full_res, mask_input=mask_input)
     kwargs_order = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
                     "orig_im_size", "multimask"]
@@ -231,13 +260,15 @@ def describe(model: Sam, quantize: str | None, opset: int) -> dict:
         "decoder": {
             "file": "decoder.onnx",
             "inputs": {
-                "image_embeddings": {"dtype": "float32", "shape": [1, 256, 64, 64]},
+                "image_embeddings": {"dtype": "float32", "shape": [1, 256, "grid_height", "grid_width"],
+                                     "meaning": "64 x 64 from encoder.onnx; smaller grids (unpadded images) "
+                                                "are accepted too"},
                 "point_coords": {"dtype": "float32", "shape": ["batch", "num_points", 2],
                                  "meaning": "(x, y) pixels of the original image"},
                 "point_labels": {"dtype": "float32", "shape": ["batch", "num_points"],
                                  "meaning": "1 foreground, 0 background, 2 box top-left, 3 box bottom-right, "
                                             "-1 padding (add one padding point when there is no box)"},
-                "mask_input": {"dtype": "float32", "shape": ["batch", 1, 256, 256],
+                "mask_input": {"dtype": "float32", "shape": ["batch", 1, "4 grid_height", "4 grid_width"],
                                "meaning": "low_res_masks of an earlier call"},
                 "has_mask_input": {"dtype": "float32", "shape": ["batch"], "meaning": "1 to use mask_input"},
                 "orig_im_size": {"dtype": "int64", "shape": [2], "meaning": "(height, width) of the original"},
@@ -247,7 +278,8 @@ def describe(model: Sam, quantize: str | None, opset: int) -> dict:
                 "masks": {"dtype": "float32", "shape": ["batch", "num_masks", "height", "width"],
                           "meaning": "logits at the original size; mask = logits > mask_threshold"},
                 "iou_predictions": {"dtype": "float32", "shape": ["batch", "num_masks"]},
-                "low_res_masks": {"dtype": "float32", "shape": ["batch", "num_masks", 256, 256]},
+                "low_res_masks": {"dtype": "float32",
+                                  "shape": ["batch", "num_masks", "4 grid_height", "4 grid_width"]},
             },
         },
     }

@@ -11,6 +11,15 @@ Coordinate conventions (all at the API edge, in pixels of the *original* image):
 - masks are ``(..., H, W)`` bool, low-resolution logits ``(..., 256, 256)`` float32 in the frame of the
   resized and padded model input (feed them back as ``mask_input``).
 
+Padding: by default (``pad_to_square=True``, as SAM) the resized image is padded to the model's square input
+(1024 x 1024 for MobileSAM) and the embedding is a ``64 x 64`` grid. With ``pad_to_square=False`` it is padded
+only to a multiple of the encoder's stride (16 px for MobileSAM): a 16:9 frame resized to 1024 x 576 gives a
+``64 x 36`` grid (``(1, 256, 36, 64)`` features) and the encoder and decoder do 44 % less work. The decoder then
+sees the top-left cells of the positional-encoding grid (their training positions), and low-resolution logits
+are ``(4 gh, 4 gw)`` (144 x 256 for that frame) instead of 256 x 256. Results are close to, not equal to, the
+padded mode's (the encoder's attention windows see the image instead of padding near the bottom / right edge);
+:attr:`Predictor.low_res_size` says the size of the current image's logits.
+
 This module is the one place that turns original-image pixels into model-input pixels and back.
 """
 
@@ -57,7 +66,8 @@ class ImageEmbedding:
     """The encoder's output for one image, enough to decode prompts without the encoder.
 
     Attributes:
-        features: ``(1, 256, 64, 64)`` float32 image embedding.
+        features: ``(1, 256, 64, 64)`` float32 image embedding, or ``(1, 256, gh, gw)`` for an image encoded
+            without padding to the square input (see the module docstring).
         original_size: ``(H, W)`` of the image given to :meth:`Predictor.set_image`.
         input_size: ``(h, w)`` of the image after resizing, before padding to the model's square input.
         model: registry name of the model that produced it.
@@ -139,7 +149,8 @@ class Predictor:
         # masks: (3, H, W) bool; scores: (3,); logits: (3, 256, 256)
     """
 
-    def __init__(self, model: Sam, spec: ModelSpec | None = None, backend: str = "auto") -> None:
+    def __init__(self, model: Sam, spec: ModelSpec | None = None, backend: str = "auto",
+                 pad_to_square: bool = True, pad_multiple: int | None = None) -> None:
         """Args:
         model: a network from :func:`anymask.load_model`.
         spec: its :class:`~anymask.models.ModelSpec`; taken from ``model.spec`` when not given.
@@ -147,6 +158,12 @@ class Predictor:
             installed and the model is on the CPU), ``"torch"`` (exact float32 PyTorch), ``"onnx"`` (float32
             onnxruntime graphs, exported and cached on first use; masks IoU >= 0.999 against torch) or
             ``"onnx-int8"`` (int8 encoder). See :mod:`anymask.runtime`.
+        pad_to_square: pad the resized image to the model's square input (default, SAM's behaviour and the
+            reference's results) or only to a multiple of the encoder's stride (faster on non-square images,
+            results close to but not equal to the padded ones; see the module docstring). :meth:`set_image`
+            can override it per image.
+        pad_multiple: without ``pad_to_square``, pad to a multiple of this many pixels (default: the encoder's
+            stride, 16 px for MobileSAM; a multiple of it).
         """
         spec = spec or getattr(model, "spec", None)
         if spec is None:
@@ -160,6 +177,11 @@ class Predictor:
         self._runner: OnnxRunner | None = None
         if self.backend != "torch":
             self._runner = OnnxRunner(model, quantize="int8" if self.backend == "onnx-int8" else None)
+        self.pad_to_square = bool(pad_to_square)
+        stride = self.encoder_stride
+        if pad_multiple is not None and (pad_multiple < stride or pad_multiple % stride):
+            raise ModelError(f"pad_multiple must be a multiple of the encoder's stride ({stride}), got {pad_multiple}")
+        self.pad_multiple: int = pad_multiple or stride
         self._embedding: ImageEmbedding | None = None
         self._features: torch.Tensor | None = None
 
@@ -168,11 +190,31 @@ class Predictor:
         """Device the model runs on."""
         return self.model.device
 
+    @property
+    def encoder_stride(self) -> int:
+        """Input pixels per embedding cell (16 for SAM / MobileSAM, 4 for LiteMedSAM)."""
+        return self.spec.image_size // self.model.prompt_encoder.image_embedding_size[0]
+
+    def embedding_grid(self, input_size: tuple[int, int], pad_to_square: bool) -> tuple[int, int]:
+        """``(gh, gw)`` of the embedding of an image resized to ``input_size = (h, w)``."""
+        if pad_to_square:
+            return tuple(self.model.prompt_encoder.image_embedding_size)  # type: ignore[return-value]
+        stride, multiple = self.encoder_stride, getattr(self, "pad_multiple", self.encoder_stride)
+        size = self.spec.image_size  # never past the square input (whose positions the model knows)
+        return tuple(min(-(-side // multiple) * multiple, size) // stride for side in input_size)  # type: ignore
+
+    @property
+    def low_res_size(self) -> tuple[int, int]:
+        """``(lh, lw)`` of the current image's low-resolution logits: ``(256, 256)``, or ``4 x`` the embedding
+        grid of an unpadded image (e.g. ``(144, 256)`` for a 16:9 frame). Raises PromptError if no image is set."""
+        gh, gw = self.embedding.features.shape[-2:]
+        return 4 * int(gh), 4 * int(gw)
+
     # ---------------------------------------------------------------------------------------------------
     # Image
     # ---------------------------------------------------------------------------------------------------
 
-    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    def preprocess(self, image: np.ndarray, pad_to_square: bool | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize (longest side to the model's size), normalise and pad an RGB image.
 
         Resizing is bilinear (PIL, as SAM and MobileSAM do) or area-averaging (OpenCV ``INTER_AREA``, as
@@ -180,12 +222,14 @@ class Predictor:
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB.
+            pad_to_square: pad to ``S x S`` (default: the predictor's ``pad_to_square``) or only to a multiple
+                of :attr:`encoder_stride`.
 
         Returns:
-            ``(1, 3, S, S)`` float32 tensor (S = ``spec.image_size``, zero padding at the bottom and right)
-            and the resized size ``(h, w)`` before padding.
+            ``(1, 3, S, S)`` float32 tensor (S = ``spec.image_size``, zero padding at the bottom and right;
+            ``(1, 3, stride * gh, stride * gw)`` unpadded) and the resized size ``(h, w)`` before padding.
         """
-        size = self.spec.image_size
+        pad = self.pad_to_square if pad_to_square is None else pad_to_square
         resized = self.resize(image)
         h, w = resized.shape[:2]
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
@@ -196,7 +240,9 @@ class Predictor:
             mean = torch.tensor(self.spec.pixel_mean, device=self.device).view(1, 3, 1, 1)
             std = torch.tensor(self.spec.pixel_std, device=self.device).view(1, 3, 1, 1)
             x = (x - mean) / std
-        x = F.pad(x, (0, size - w, 0, size - h))
+        gh, gw = self.embedding_grid((h, w), pad)
+        stride = self.encoder_stride
+        x = F.pad(x, (0, stride * gw - w, 0, stride * gh - h))
         return x, (h, w)
 
     def resize(self, image: np.ndarray) -> np.ndarray:
@@ -211,24 +257,27 @@ class Predictor:
         return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
     @torch.inference_mode()
-    def set_image(self, image: Any) -> ImageEmbedding:
+    def set_image(self, image: Any, pad_to_square: bool | None = None) -> ImageEmbedding:
         """Run the image encoder on ``image`` and keep its embedding for :meth:`predict`.
 
         Args:
             image: a file path, a ``PIL.Image`` or an ``(H, W, 3)`` uint8 RGB array (other layouts are
                 converted by the rules of :func:`anymask.images.load_image`).
+            pad_to_square: override the predictor's ``pad_to_square`` for this image.
 
         Returns:
             The :class:`ImageEmbedding` (a copy: changing it does not change this predictor), which can be
             saved and given back with :meth:`set_embedding`.
         """
         rgb = load_image(image)
+        pad = self.pad_to_square if pad_to_square is None else bool(pad_to_square)
         if self._runner is not None:
             resized = self.resize(rgb)
             input_size = (int(resized.shape[0]), int(resized.shape[1]))
-            features = torch.from_numpy(self._runner.encode(resized))
+            multiple = None if self.pad_multiple == self.encoder_stride else self.pad_multiple
+            features = torch.from_numpy(self._runner.encode(resized, pad_to_square=pad, pad_multiple=multiple))
         else:
-            x, input_size = self.preprocess(rgb)
+            x, input_size = self.preprocess(rgb, pad)
             features = self.model.image_encoder(x)
         embedding = ImageEmbedding(
             features=features.float().cpu().numpy().copy(),
@@ -248,10 +297,14 @@ class Predictor:
         if embedding.model != self.spec.name:
             raise ModelError(f"embedding was made by {embedding.model!r}, this predictor runs {self.spec.name!r}")
         problem = embedding.problem()
-        grid = tuple(self.model.prompt_encoder.image_embedding_size)
         expected_input = resized_shape(*embedding.original_size, self.spec.image_size)
-        if problem is None and tuple(embedding.features.shape[-2:]) != grid:
-            problem = f"features grid {embedding.features.shape[-2:]}, this model uses {grid}"
+        # any padding from the encoder's stride (smallest grid) up to the square input (full grid) is valid
+        smallest, full = self.embedding_grid(expected_input, False), self.embedding_grid(expected_input, True)
+        if self.pad_multiple != self.encoder_stride:
+            smallest = tuple(-(-side // self.encoder_stride) for side in expected_input)
+        grid = tuple(embedding.features.shape[-2:])
+        if problem is None and not all(low <= g <= high for g, low, high in zip(grid, smallest, full)):
+            problem = f"features grid {grid}, this model gives {smallest} to {full} for this image"
         if problem is None and tuple(embedding.input_size) != expected_input:
             problem = f"input_size {embedding.input_size}, expected {expected_input} for {embedding.original_size}"
         if problem:
@@ -292,7 +345,8 @@ class Predictor:
             labels: ``(N,)`` (or ``(B, N)``) values 1 = foreground, 0 = background; default all foreground.
             box: one XYXY box ``(4,)`` or several ``(B, 4)``. Several boxes give one set of masks per box.
             mask_input: low-resolution logits from an earlier call, ``(1, 256, 256)`` / ``(256, 256)``, or
-                ``(B, 1, 256, 256)`` for a batch (a 4-D mask input always makes the call a batch).
+                ``(B, 1, 256, 256)`` for a batch (a 4-D mask input always makes the call a batch); for an image
+                encoded without padding, of :attr:`low_res_size` instead of ``256 x 256``.
             multimask: return 3 candidate masks per prompt (best for ambiguous single clicks) instead of 1.
             return_logits: return full-resolution float logits instead of bool masks.
 
@@ -305,7 +359,8 @@ class Predictor:
         Raises:
             PromptError: no image set, no prompt, or malformed / out-of-range prompts.
         """
-        prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size)
+        prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size,
+                                low_res_size=self.low_res_size)
         masks, scores, low_res = self._decode(prompts, multimask, return_logits)
         masks_np = masks.float().cpu().numpy() if return_logits else masks.cpu().numpy().astype(bool)
         scores_np, low_np = scores.float().cpu().numpy(), low_res.float().cpu().numpy()
@@ -330,24 +385,44 @@ class Predictor:
         Returns:
             ``(low_res_logits, scores)``, always batch-first: ``(B, C, 256, 256)`` float32 logits in the frame
             of the resized and padded model input, and ``(B, C)`` float32 predicted IoU (B = 1 for a single
-            prompt). Turn logits into masks with :meth:`masks_from_low_res`.
+            prompt); ``(B, C) + low_res_size`` for an image encoded without padding. Turn logits into masks with
+            :meth:`masks_from_low_res`.
         """
-        prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size)
+        prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size,
+                                low_res_size=self.low_res_size)
         low_res, scores = self._decode_low_res(prompts, multimask)
         return low_res.float().cpu().numpy(), scores.float().cpu().numpy()
 
     @torch.inference_mode()
     def masks_from_low_res(self, low_res_logits: Any, return_logits: bool = False) -> np.ndarray:
-        """Upsample low-resolution logits ``(..., 256, 256)`` to the current image: ``(..., H, W)``.
+        """Upsample low-resolution logits ``(..., 256, 256)`` (``(..., lh, lw)``) to the current image: ``(..., H, W)``.
 
         Returns bool masks (logits above the model's threshold), or float32 logits with ``return_logits``.
+
+        The same resizes as :meth:`upscale` (bilinear, half-pixel centres, no antialiasing), done with OpenCV on
+        the CPU one map at a time: logits agree with :meth:`upscale`'s to float rounding (~1e-6) at a fraction
+        of the cost for the few masks a caller keeps (a video frame's objects).
         """
-        low = torch.as_tensor(np.asarray(low_res_logits, dtype=np.float32), device=self.device)
+        low = np.asarray(low_res_logits, dtype=np.float32)
         lead = low.shape[:-2]
-        logits = self.upscale(low.reshape(-1, 1, *low.shape[-2:])).reshape(*lead, *self.embedding.original_size)
-        if return_logits:
-            return logits.float().cpu().numpy()
-        return (logits > self.model.mask_threshold).cpu().numpy()
+        maps = low.reshape(-1, *low.shape[-2:])
+        height, width = self.embedding.original_size
+        out = np.empty((len(maps), height, width), dtype=np.float32 if return_logits else bool)
+        for i, logits in enumerate(maps):
+            full = self._upscale_map(logits)
+            out[i] = full if return_logits else full > self.model.mask_threshold
+        return out.reshape(*lead, height, width)
+
+    def _upscale_map(self, logits: np.ndarray) -> np.ndarray:
+        """One ``(lh, lw)`` float32 low-res map -> ``(H, W)`` logits (OpenCV, as :meth:`upscale`)."""
+        factor = self.spec.image_size // self.model.prompt_encoder.mask_input_size[0]
+        (h, w), (height, width) = self.embedding.input_size, self.embedding.original_size
+        lh, lw = logits.shape
+        full = cv2.resize(np.ascontiguousarray(logits), (factor * lw, factor * lh), interpolation=cv2.INTER_LINEAR)
+        full = np.ascontiguousarray(full[:h, :w])
+        if (h, w) == (height, width):
+            return full
+        return cv2.resize(full, (width, height), interpolation=cv2.INTER_LINEAR)
 
     @torch.inference_mode()
     def _decode_low_res(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -377,10 +452,11 @@ class Predictor:
                                       device=device)
         if prompts.mask_input is not None:
             masks_t = torch.as_tensor(prompts.mask_input, dtype=dtype, device=device)
-        sparse, dense = self.model.prompt_encoder(points=points_t, boxes=boxes_t, masks=masks_t)
+        grid = tuple(self._features.shape[-2:])
+        sparse, dense = self.model.prompt_encoder(points=points_t, boxes=boxes_t, masks=masks_t, grid=grid)
         return self.model.mask_decoder(
             image_embeddings=self._features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=self.model.prompt_encoder.get_dense_pe(grid),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
@@ -423,10 +499,15 @@ class Predictor:
         return np.array([w / width, h / height], dtype=np.float64)
 
     def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
-        """Low-res logits ``(B, C, 256, 256)`` -> logits ``(B, C, H, W)`` at the original image size."""
-        size = self.spec.image_size
+        """Low-res logits ``(B, C, lh, lw)`` -> logits ``(B, C, H, W)`` at the original image size.
+
+        The logits cover the padded model input (``S x S``, or ``stride x`` the embedding grid of an unpadded
+        image): they are upsampled to it, cropped to the resized image and resized to the original.
+        """
+        factor = self.spec.image_size // self.model.prompt_encoder.mask_input_size[0]
         h, w = self.embedding.input_size
-        x = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+        frame = (factor * low_res.shape[-2], factor * low_res.shape[-1])
+        x = F.interpolate(low_res, frame, mode="bilinear", align_corners=False)
         x = x[..., :h, :w]
         return F.interpolate(x, self.embedding.original_size, mode="bilinear", align_corners=False)
 

@@ -52,6 +52,7 @@ def check_prompts(
     mask_input: Any = None,
     *,
     image_size: tuple[int, int],
+    low_res_size: tuple[int, int] = (LOW_RES, LOW_RES),
 ) -> Prompts:
     """Validate prompts for an image of ``image_size = (H, W)`` pixels.
 
@@ -60,6 +61,9 @@ def check_prompts(
         labels: ``(N,)`` or ``(B, N)`` of 0/1; all foreground when omitted.
         box: ``(4,)`` or ``(B, 4)`` XYXY.
         mask_input: ``(256, 256)``, ``(1, 256, 256)`` or ``(B, 1, 256, 256)``.
+        image_size: ``(H, W)`` of the image.
+        low_res_size: ``(lh, lw)`` the mask input must have instead of ``(256, 256)`` (an image encoded without
+            padding to the square input, see :attr:`anymask.Predictor.low_res_size`).
 
     Raises:
         PromptError: no prompt; wrong shapes; NaN or infinite values; labels other than 0/1; points and
@@ -111,9 +115,10 @@ def check_prompts(
         batched = batched or masks_in.ndim == 4
         while masks_in.ndim < 4:
             masks_in = masks_in[None]
-        if masks_in.ndim != 4 or masks_in.shape[1:] != (1, LOW_RES, LOW_RES):
-            raise PromptError(f"mask_input must be low-res logits of shape ({LOW_RES}, {LOW_RES}), "
-                              f"(1, {LOW_RES}, {LOW_RES}) or (B, 1, {LOW_RES}, {LOW_RES}), got {np.shape(mask_input)}")
+        lh, lw = low_res_size
+        if masks_in.ndim != 4 or masks_in.shape[1:] != (1, lh, lw):
+            raise PromptError(f"mask_input must be low-res logits of shape ({lh}, {lw}), "
+                              f"(1, {lh}, {lw}) or (B, 1, {lh}, {lw}), got {np.shape(mask_input)}")
 
     sizes = {len(a) for a in (boxes, coords, masks_in) if a is not None}
     batch = max(sizes)

@@ -12,6 +12,8 @@
 The graphs are exported on first use and cached under ``<anymask_home()>/onnx/<key>/``, the key being a hash of
 the model's name, its weights, the anymask, torch and onnxruntime versions and the options; a cache folder is
 written under a temporary name and renamed into place, so concurrent first uses never see a half-written one.
+Encoders for images not padded to the square input (``Predictor(pad_to_square=False)``) are exported per
+resized input shape on first use, into the same folder (``encoder_<h>x<w>.onnx``, written atomically).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ BACKEND_ENV = "ANYMASK_BACKEND"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_low_res.onnx"  # with mask input
 DECODER_NO_MASK_FILE = "decoder_low_res_no_mask.onnx"  # image side shared by the batch
+#: part of the cache key: bump when the graphs' contract changes (2: decoders take any embedding grid)
+GRAPHS_REVISION = "2"
+#: unpadded encoder sessions an :class:`OnnxRunner` keeps open (one per input shape)
+MAX_SHAPE_ENCODERS = 2
 
 
 def onnxruntime_available() -> bool:
@@ -84,7 +90,7 @@ def graphs_dir(model: Sam, quantize: str | None, opset: int) -> Path:
     import onnxruntime
 
     parts = [model.spec.name, weights_digest(model), __version__, torch.__version__, onnxruntime.__version__,
-             str(quantize), str(opset)]
+             str(quantize), str(opset), GRAPHS_REVISION]
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return weights.anymask_home() / "onnx" / f"{model.spec.name}-{quantize or 'fp32'}-{key}"
 
@@ -143,23 +149,60 @@ class OnnxRunner:
         def session(name: str):
             return ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
 
+        self._session = session
+        self._model, self._quantize, self._folder = model, quantize, folder
         self.encoder = session(ENCODER_FILE)
         self.decoder = session(DECODER_FILE)
         self.decoder_no_mask = session(DECODER_NO_MASK_FILE)
+        self._shape_encoders: dict[tuple[int, int, int], object] = {}
 
-    def encode(self, resized: np.ndarray) -> np.ndarray:
-        """Resized ``(h, w, 3)`` uint8 RGB (longer side = the model's input size) -> ``(1, C, 64, 64)``."""
-        return self.encoder.run(None, {"image": np.ascontiguousarray(resized, dtype=np.uint8)})[0]
+    def encode(self, resized: np.ndarray, pad_to_square: bool = True, pad_multiple: int | None = None) -> np.ndarray:
+        """Resized ``(h, w, 3)`` uint8 RGB (longer side = the model's input size) -> ``(1, C, 64, 64)``.
+
+        With ``pad_to_square=False`` the image is padded only to a multiple of the encoder's stride:
+        ``(1, C, ceil(h / 16), ceil(w / 16))`` for MobileSAM, by a graph exported for this shape on first use.
+        """
+        image = np.ascontiguousarray(resized, dtype=np.uint8)
+        encoder = self.encoder if pad_to_square else self._shape_encoder(image.shape[0], image.shape[1],
+                                                                         pad_multiple)
+        return encoder.run(None, {"image": image})[0]
+
+    def _shape_encoder(self, height: int, width: int, pad_multiple: int | None = None):
+        """The onnxruntime session of the unpadded encoder for ``(height, width)`` inputs (exported once)."""
+        key = (int(height), int(width), int(pad_multiple or 0))
+        encoder = self._shape_encoders.pop(key, None)
+        if encoder is None:
+            name = f"encoder_{key[0]}x{key[1]}" + (f"_pad{key[2]}" if key[2] else "") + ".onnx"
+            path = self._folder / name
+            if not path.is_file():
+                from .export import export_encoder, quantize_int8
+
+                logger.info("exporting the %s encoder for %dx%d inputs (once; cached in %s)", self._model.spec.name,
+                            key[1], key[0], self._folder)
+                tmp = Path(tempfile.mkdtemp(dir=self._folder, prefix=f".{name}."))
+                try:
+                    export_encoder(self._model, tmp / name, shape=key[:2], pad_multiple=pad_multiple)
+                    if self._quantize == "int8":
+                        quantize_int8(tmp / name, tmp / name)
+                    os.replace(tmp / name, path)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            encoder = self._session(name)
+        self._shape_encoders[key] = encoder  # most recently used last
+        while len(self._shape_encoders) > MAX_SHAPE_ENCODERS:
+            self._shape_encoders.pop(next(iter(self._shape_encoders)))
+        return encoder
 
     def decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
                original_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """All mask tokens of a batch of prompts: ``(B, 4, 256, 256)`` logits and ``(B, 4)`` IoU predictions.
 
         Args:
-            features: ``(1, C, 64, 64)`` image embedding.
+            features: ``(1, C, 64, 64)`` image embedding, or ``(1, C, gh, gw)`` (unpadded image: the logits
+                are then ``(B, 4, 4 gh, 4 gw)``).
             coords: ``(B, N, 2)`` (x, y) pixels of the original image.
             labels: ``(B, N)``: 1 / 0 points, 2 / 3 box corners, -1 padding.
-            mask_input: ``(B, 1, 256, 256)`` logits or None.
+            mask_input: ``(B, 1, 256, 256)`` logits (``(B, 1, 4 gh, 4 gw)``) or None.
             original_size: ``(H, W)``.
         """
         feed = {

@@ -20,8 +20,10 @@ neither is used by default (``prior_weight`` = 0).
 
 :class:`BoxPropagation` is the naive baseline: the box of the previous mask only.
 
-All masks are ``(H, W)`` bool in frame pixels; logits ``(1, 256, 256)`` float32 in the resized and padded
-model-input frame (the same for every frame of one video, since all frames have one size).
+All masks are ``(H, W)`` bool in frame pixels; logits ``(1, lh, lw)`` float32 in the resized and padded
+model-input frame (``(1, 256, 256)``, or ``(1, 144, 256)`` for a 16:9 video encoded without padding to the
+square: :attr:`anymask.Predictor.low_res_size`; the same for every frame of one video, since all frames have one
+size).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Track:
 
     Attributes:
         mask: ``(H, W)`` bool, the last good mask (the reference that prompts the next frame).
-        logits: ``(1, 256, 256)`` float32 low-res logits of that mask.
+        logits: ``(1, lh, lw)`` float32 low-res logits of that mask (``(1, 256, 256)`` for a padded frame).
         area: pixel area of ``mask``.
         lost: number of frames since the last good mask (0 = tracked on the last frame).
     """
@@ -71,16 +73,20 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=np.float64)
 
 
-def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int], strength: float = 8.0) -> np.ndarray:
-    """A ``(H, W)`` mask as pseudo low-res logits ``(1, 256, 256)``: +strength inside, -strength outside.
+def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int], strength: float = 8.0,
+                   low_res_size: tuple[int, int] = (LOW_RES, LOW_RES)) -> np.ndarray:
+    """A ``(H, W)`` mask as pseudo low-res logits ``(1, lh, lw)``: +strength inside, -strength outside.
 
-    The mask is resized into the model-input frame (``input_size = (h, w)`` before padding), then to 256.
+    The mask is resized into the model-input frame (``input_size = (h, w)`` before padding), then to the
+    low-res scale (the longer side to 256) in the top-left of a ``low_res_size`` array (default 256 x 256; pass
+    :attr:`anymask.Predictor.low_res_size` for an image encoded without padding).
     """
     h, w = input_size
     scale = LOW_RES / max(h, w)
     lh, lw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    lh, lw = min(lh, low_res_size[0]), min(lw, low_res_size[1])
     small = cv2.resize(mask.astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA)
-    logits = np.full((1, LOW_RES, LOW_RES), -strength, dtype=np.float32)
+    logits = np.full((1, *low_res_size), -strength, dtype=np.float32)
     logits[0, :lh, :lw] = np.where(small >= 0.5, strength, -strength)
     return logits
 

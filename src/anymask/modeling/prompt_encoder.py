@@ -67,9 +67,17 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
-    def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of every cell of the image embedding grid: ``(1, C, h, w)``."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+    def get_dense_pe(self, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Positional encoding of every cell of the image embedding grid: ``(1, C, h, w)``.
+
+        ``grid`` ``(h, w)`` (default: the full ``image_embedding_size``) selects the top-left ``h x w`` cells of
+        the full grid, as for an embedding of an image that was not padded to the square input: each cell keeps
+        the position it had in training (the encoding is sliced, not recomputed for ``h x w``).
+        """
+        pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        if grid is None or tuple(grid) == self.image_embedding_size:
+            return pe
+        return pe[:, :, : grid[0], : grid[1]]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """``(B, N, 2)`` points and ``(B, N)`` labels -> ``(B, N (+1 if pad), C)`` tokens.
@@ -119,6 +127,7 @@ class PromptEncoder(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None,
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
+        grid: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed a batch of ``B`` prompts; every given input must have the same ``B``.
 
@@ -126,6 +135,8 @@ class PromptEncoder(nn.Module):
             points: Coordinates ``(B, N, 2)`` in input pixels and labels ``(B, N)``, or None.
             boxes: XYXY boxes ``(B, 4)`` in input pixels, or None.
             masks: Mask logits ``(B, 1, 4h, 4w)`` (256x256 in SAM), or None.
+            grid: ``(h, w)`` of the image embedding (default ``image_embedding_size``); smaller for an image
+                encoded without padding to the square input (see :meth:`get_dense_pe`).
 
         Returns:
             Sparse embeddings ``(B, N_tokens, C)``: point tokens (plus one padding token when no
@@ -145,7 +156,7 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense_embeddings = self._embed_masks(masks)
         else:
-            h, w = self.image_embedding_size
+            h, w = grid or self.image_embedding_size
             dense_embeddings = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
         return sparse_embeddings, dense_embeddings
 
