@@ -21,8 +21,10 @@ projected. Per head ``h`` with ``Wq_h, Wk_h, Wv_h`` the ``d x C`` rows of the pr
   residual add is fused into the product.
 
 Both cost less than the projections while ``T < C / (downsample_rate * H)`` (16 for SAM); with more tokens
-(long click sequences) the plain formulation is used. ``fold=False`` runs the plain formulation everywhere
-(kept for benchmarks and tests).
+(long click sequences) the plain formulation is used. When the image side is shared by a batch of prompts (the
+first block without mask prompts) the first token-to-image attention projects it once instead, if that is
+cheaper (3 prompts or more). ``fold=False`` runs the plain formulation everywhere (kept for benchmarks and
+tests).
 """
 
 from __future__ import annotations
@@ -180,7 +182,9 @@ class TwoWayAttentionBlock(nn.Module):
         q = queries + query_pe
         k = keys + key_pe
         token_to_image = self.cross_attn_token_to_image
-        attended = (token_to_image.token_to_image if fold else token_to_image)(q=q, k=k, v=keys)
+        # image side shared by a batch (first block, no mask prompts): projecting it once may cost less
+        shared = keys.shape[0] == 1 and token_to_image.shared_projection_pays(*queries.shape[:2])
+        attended = (token_to_image.token_to_image if fold and not shared else token_to_image)(q=q, k=k, v=keys)
         queries = self.norm2(queries + attended)
 
         queries = self.norm3(queries + self.mlp(queries))
@@ -241,6 +245,12 @@ class Attention(nn.Module):
     def fold_pays(self, tokens: int) -> bool:
         """Whether folding through ``tokens`` short-side tokens costs fewer FLOPs than projecting the long side."""
         return self.num_heads * tokens < self.internal_dim
+
+    def shared_projection_pays(self, batch: int, tokens: int) -> bool:
+        """Whether projecting keys and values shared by ``batch`` prompts of ``tokens`` queries once costs fewer
+        FLOPs than :meth:`token_to_image` for each prompt (per key: ``C D + B D T`` against ``B C H T``)."""
+        width, internal = self.embedding_dim, self.internal_dim
+        return width * internal + batch * internal * tokens < batch * width * self.num_heads * tokens
 
     def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
         """A projection's weight ``(D, C)`` as ``(heads, d, C)``."""
