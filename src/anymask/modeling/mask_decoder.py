@@ -126,7 +126,7 @@ class MaskDecoder(nn.Module):
             dim=1,
         )  # (B, T_m, C / 8)
         if getattr(self.transformer, "fold", False):  # same result, channels-last matrix products
-            masks = upscaled_mask_logits(self.output_upscaling, src.expand(batch, -1, -1), height, width, hyper_in)
+            masks = upscaled_mask_logits(self.output_upscaling, src, height, width, hyper_in)
         else:
             src = src.expand(batch, -1, -1).transpose(1, 2).reshape(batch, channels, height, width)
             upscaled = self.output_upscaling(src)  # (B, C / 8, 4h, 4w)

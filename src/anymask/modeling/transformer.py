@@ -272,13 +272,13 @@ class Attention(nn.Module):
         scaled = self._split_heads(self.q_proj(q)) * head_dim**-0.5  # (B, H, T, d)
         # G_h = q_h Wk_h: logits = G_h k^T (+ q_h . bk_h, constant along each row: softmax drops it)
         folded_keys = (scaled @ self._head_weights(self.k_proj)).reshape(batch, heads * tokens, -1)  # (B, HT, C)
-        if k.shape[0] == 1:  # one product for the whole batch
-            logits = (folded_keys.reshape(batch * heads * tokens, -1) @ k[0].t()).reshape(batch, heads * tokens, -1)
+        if k.shape[0] == 1:  # one product for the whole batch (flatten, not k[0]: a free reshape in ONNX too)
+            logits = (folded_keys.flatten(0, 1) @ k.flatten(0, 1).t()).reshape(batch, heads * tokens, -1)
         else:
             logits = folded_keys @ k.transpose(1, 2)  # (B, HT, N)
         weights = logits.softmax(dim=-1)
         if v.shape[0] == 1:
-            mixed = (weights.reshape(batch * heads * tokens, -1) @ v[0]).reshape(batch, heads, tokens, -1)
+            mixed = (weights.flatten(0, 1) @ v.flatten(0, 1)).reshape(batch, heads, tokens, -1)
         else:
             mixed = (weights @ v).reshape(batch, heads, tokens, -1)  # A_h v: (B, H, T, C)
         # (A_h v) Wv_h^T + bv_h: the rows of A_h sum to one
@@ -308,7 +308,7 @@ class Attention(nn.Module):
         offsets = (keys @ self.q_proj.bias.reshape(heads, head_dim, 1)).reshape(batch, heads * tokens, 1)
         # laid out (B, H * T, N): the softmax over each head's T tokens then runs along a long inner axis
         if q.shape[0] == 1:  # one product for the whole batch
-            logits = (folded_keys.reshape(batch * heads * tokens, -1) @ q[0].t()).reshape(batch, heads * tokens, -1)
+            logits = (folded_keys.flatten(0, 1) @ q.flatten(0, 1).t()).reshape(batch, heads * tokens, -1)
             logits = logits + offsets
         else:
             logits = torch.baddbmm(offsets, folded_keys, q.transpose(1, 2))  # (B, HT, N)
