@@ -64,7 +64,8 @@ def test_folded_decoder_equals_plain(predictor, plain_and_folded, prompt):
         "boxes": dict(box=boxes, multimask=False),
         "points": dict(points=_grid_points(4, h), labels=np.ones((16, 1))),
         "mask_input": dict(points=[[250, 180], [300, 400]], labels=[1, 0], mask_input=previous[0]),
-        "mask_input_batch": dict(points=_grid_points(2, h), labels=np.ones((4, 1)), mask_input=np.repeat(previous, 4, 0)),
+        "mask_input_batch": dict(points=_grid_points(2, h), labels=np.ones((4, 1)),
+                                 mask_input=np.repeat(previous, 4, 0)),
     }[prompt]
     _assert_same(*plain_and_folded(lambda: predictor.predict_low_res(**kwargs)))
 
