@@ -10,7 +10,8 @@ subprocess, so that its peak RSS is its own. Measured, at SAM's default settings
 * recall of COCO128 ground-truth instances (best IoU >= 0.5, crowd regions left out) on ``--coco-images``
   images for anymask and the first ``--reference-coco-images`` of them for the reference.
 
-anymask runs twice: exact (no result-changing option) and with ``skip_covered_points``.
+anymask runs twice: exact (no result-changing option) and with ``skip_covered_points``; ``anymask_plain`` is
+the exact run with the plain mask decoder (``fold=False``), to time the folded decoder (the default) against it.
 
     flock /tmp/anymask-bench.lock python benchmarks/everything_benchmark.py --images 3 --coco-images 8 \
         --reference-coco-images 2
@@ -42,7 +43,7 @@ PHOTOS = ("grabcut/images/106024.jpg", "davis2016_val/images/blackswan/00000.jpg
           "coco128_instances/images/000000000025.jpg", "grabcut/images/153077.jpg",
           "davis2016_val/images/camel/00000.jpg")
 ARGS: argparse.Namespace | None = None
-SYSTEMS = {"reference": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True}}
+SYSTEMS = {"reference": {}, "anymask_plain": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True}}
 
 
 def photo_1024(rel: str) -> np.ndarray:
@@ -99,6 +100,7 @@ def worker(system: str, photos: list[str], coco: list[str], out: Path, points_pe
         from anymask.automatic import AutomaticMaskGenerator
 
         model = load_model("mobile_sam", checkpoint=checkpoint)
+        model.mask_decoder.transformer.fold = system != "anymask_plain"
         generator = AutomaticMaskGenerator(model, points_per_side=points_per_side, output_mode="coco_rle",
                                            **SYSTEMS[system])
         warm = AutomaticMaskGenerator(model, points_per_side=2, output_mode="coco_rle")
@@ -200,6 +202,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per worker (0 = torch's default); 1 makes CPU seconds comparable on a "
                         "loaded machine")
+    parser.add_argument("--baseline", default="reference", help="the system that ratios and mask agreement (the "
+                        "'ref' columns) compare against, e.g. anymask_plain when the reference does not run")
+    parser.add_argument("--name", default="everything", help="results file name: benchmarks/results/<name>.{json,md}")
     parser.add_argument("--note", default="", help="a sentence added to the results (e.g. how the machine was loaded)")
     parser.add_argument("--tmp", default="/tmp/anymask-everything-bench", help="folder for the workers' outputs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -232,7 +237,7 @@ def main() -> None:
         for s in systems:
             results[s] = finish_worker(*start_worker(s, photos, subsets[s], tmp))
     order = [s for s in SYSTEMS if s in results]
-    report = summarise({s: results[s] for s in order}, photos, coco[: args.reference_coco_images])
+    report = summarise({s: results[s] for s in order}, photos, coco[: args.reference_coco_images], args.baseline)
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     report["command"] = "python benchmarks/everything_benchmark.py " + " ".join(sys.argv[1:])
@@ -242,14 +247,14 @@ def main() -> None:
     report["points_per_side"] = args.points_per_side
     report["threads"] = args.threads
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "everything.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
-    (RESULTS / "everything.md").write_text(markdown)
+    (RESULTS / f"{args.name}.md").write_text(markdown)
     print(markdown)
 
 
-def summarise(results: dict, photos: list[str], ref_coco: list[str]) -> dict:
-    ref = results.get("reference")
+def summarise(results: dict, photos: list[str], ref_coco: list[str], baseline: str = "reference") -> dict:
+    ref = results.get(baseline)
     rows = []
     for system, res in results.items():
         row: dict = {"system": system, "peak_rss_mb": res["peak_rss_mb"], "threads": res["threads"],
@@ -259,7 +264,7 @@ def summarise(results: dict, photos: list[str], ref_coco: list[str]) -> dict:
         row["mean_seconds"] = float(np.mean(row["seconds"]))
         row["cpu_seconds"] = [p.get("cpu_seconds", float("nan")) for p in res["photos"]]
         row["mean_cpu_seconds"] = float(np.mean(row["cpu_seconds"]))
-        if ref and system != "reference":
+        if ref and system != baseline:
             row["speedup"] = [r["seconds"] / p["seconds"] for p, r in zip(res["photos"], ref["photos"])]
             row["cpu_speedup"] = [r.get("cpu_seconds", np.nan) / p.get("cpu_seconds", np.nan)
                                   for p, r in zip(res["photos"], ref["photos"])]
@@ -282,7 +287,7 @@ def summarise(results: dict, photos: list[str], ref_coco: list[str]) -> dict:
         row["coco_recall_common"], _ = coco_recall(common)
         row["coco_seconds_mean"] = float(np.mean([c["seconds"] for c in res["coco"]])) if res["coco"] else None
         rows.append(row)
-    return {"photos": photos, "reference_coco_images": ref_coco, "rows": rows}
+    return {"photos": photos, "reference_coco_images": ref_coco, "rows": rows, "baseline": baseline}
 
 
 def to_markdown(report: dict) -> str:
@@ -302,7 +307,9 @@ def to_markdown(report: dict) -> str:
         f"Photos (resized to 1024 px on the long side): {', '.join(report['photos'])}. Settings: "
         f"{report.get('points_per_side', 32)} x {report.get('points_per_side', 32)} points, SAM's other defaults "
         "(batch 64, pred_iou 0.88, stability 0.95, box NMS 0.7); torch threads per worker: "
-        f"{report.get('threads') or 'default'}. CPU s = the worker process's CPU time for the image.",
+        f"{report.get('threads') or 'default'}. CPU s = the worker process's CPU time for the image."
+        + (f" 'ref' columns compare against `{report['baseline']}`." if report.get("baseline", "reference") !=
+           "reference" else ""),
         "",
         "| system | s / image (each) | speed-up vs ref | CPU s / image (each) | CPU speed-up | peak RSS MB | RSS vs ref | masks | ref masks matched "
         "(IoU>=0.9) | own masks matched | COCO recall@0.5 (images) | COCO recall, ref's images |",

@@ -8,6 +8,10 @@ Each system runs in its own fresh process (so that peak RSS is its own) and is t
 * 16 boxes in one call (16 masks at full resolution);
 * 64 single-point prompts in one call at low resolution (one batch of the automatic mask generator);
 
+for the reference, anymask's backends, and anymask's torch / onnx backends with the plain decoder
+(``torch-plain``, ``onnx-plain``: ``fold=False``, the cross-attentions projecting every image token) so that the
+folded decoder (the default) is timed against the plain one in the same run;
+
 medians over ``--repeats`` runs, ratios to the reference, peak RSS, and the compute bound (FLOPs counted by
 ``torch.utils.flop_counter`` / the sgemm throughput measured in the same run). Mask IoU against anymask's
 exact float32 torch path is reported for every system on the same prompts.
@@ -35,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.timing import median_ms  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
-SYSTEMS = ("reference", "torch", "onnx", "onnx-int8")
+SYSTEMS = ("reference", "torch-plain", "torch", "onnx-plain", "onnx", "onnx-int8")
+#: the pairs (folded, plain) whose ratio the table shows
+FOLD_PAIRS = (("torch", "torch-plain"), ("onnx", "onnx-plain"))
 OPS = ("encoder_1024x1024", "encoder_854x480", "click", "box", "boxes_16", "points_64_low_res")
 
 
@@ -121,10 +127,13 @@ class _Reference:
 
 
 class _Anymask:
-    def __init__(self, backend: str) -> None:
+    def __init__(self, system: str) -> None:
         from anymask import Predictor, load_model
 
-        self.p = Predictor(load_model("mobile_sam", progress=False), backend=backend)
+        model = load_model("mobile_sam", progress=False)
+        backend = system.removesuffix("-plain")
+        model.mask_decoder.transformer.fold = system == backend  # "<backend>-plain": the plain decoder
+        self.p = Predictor(model, backend=backend)
 
     def set_image(self, image):
         self.p.set_image(image)
@@ -188,12 +197,16 @@ def child_bound() -> dict:
         model.image_encoder(x)
     encoder_flops = counter.get_total_flops()
     predictor.set_image(np.zeros((480, 854, 3), np.uint8))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        predictor.predict_low_res(points=[[100.0, 100.0]], labels=[1])
-    decoder_flops = counter.get_total_flops()
+    decoder_flops = {}
+    for fold in (True, False):
+        model.mask_decoder.transformer.fold = fold
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            predictor.predict_low_res(points=[[100.0, 100.0]], labels=[1])
+        decoder_flops[fold] = counter.get_total_flops()
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     seconds = median_ms(lambda: a @ b, 10, warmup=1) / 1000
-    return {"encoder_gflop": encoder_flops / 1e9, "click_decoder_gflop": decoder_flops / 1e9,
+    return {"encoder_gflop": encoder_flops / 1e9, "click_decoder_gflop": decoder_flops[True] / 1e9,
+            "click_decoder_plain_gflop": decoder_flops[False] / 1e9,
             "sgemm_gflops": 2 * 2048 ** 3 / seconds / 1e9}
 
 
@@ -223,6 +236,8 @@ def _run_child(args: list[str]) -> dict:
 def markdown(result: dict) -> str:
     systems = [r["system"] for r in result["runs"]]
     ref = next((r for r in result["runs"] if r["system"] == "reference"), None)
+    by_name = {r["system"]: r for r in result["runs"]}
+    pairs = [(a, b) for a, b in FOLD_PAIRS if a in by_name and b in by_name]
     bound = result["bound"]
     lines = [
         "# Speed benchmark: reference MobileSAM vs anymask backends (CPU)", "",
@@ -230,27 +245,30 @@ def markdown(result: dict) -> str:
         f"{result['repeats']} runs (64-point batch: {max(3, result['repeats'] // 3)}); each system in its own process. "
         f"Load during the run: {result['load']}.", "",
         "| operation | " + " | ".join(f"{s} (ms)" for s in systems) + " | " +
-        " | ".join(f"{s} vs reference" for s in systems if s != "reference") + " |",
-        "|---" * (1 + len(systems) + len(systems) - (1 if ref else 0)) + "|",
+        " | ".join(f"{s} vs reference" for s in systems if s != "reference") +
+        "".join(f" | {a} vs {b}" for a, b in pairs) + " |",
+        "|---" * (1 + len(systems) + len(systems) - (1 if ref else 0) + len(pairs)) + "|",
     ]
     for op in OPS:
         cells = [f"{r['ms'][op]:.1f}" for r in result["runs"]]
         ratios = [f"{ref['ms'][op] / r['ms'][op]:.2f}x" for r in result["runs"] if r["system"] != "reference"] if ref else []
+        ratios += [f"{by_name[b]['ms'][op] / by_name[a]['ms'][op]:.2f}x" for a, b in pairs]
         lines.append(f"| {op} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     for key, label in (("import_rss_mb", "RSS after `import torch` (MB)"),
                        ("session_rss_mb", "peak RSS, predictor session: encoders, clicks, boxes (MB)"),
                        ("peak_rss_mb", "peak RSS incl. the 64-prompt batch (MB)")):
         lines.append(f"| {label} | " + " | ".join(f"{r[key]:.0f}" for r in result["runs"]) + " |" +
-                     " |" * (len(systems) - 1))
+                     " |" * (len(systems) - 1 + len(pairs)))
     acc = result["accuracy"]
     lines.append("| min mask IoU vs torch fp32 | " + " | ".join(f"{acc[s]['min_iou']:.4f}" for s in systems) + " |" +
-                 " |" * (len(systems) - 1))
+                 " |" * (len(systems) - 1 + len(pairs)))
     lines.append("| mean mask IoU vs torch fp32 | " + " | ".join(f"{acc[s]['mean_iou']:.4f}" for s in systems) + " |" +
-                 " |" * (len(systems) - 1))
+                 " |" * (len(systems) - 1 + len(pairs)))
     lines += ["", f"Compute bound: encoder {bound['encoder_gflop']:.1f} GFLOP, one click's decoder "
-              f"{bound['click_decoder_gflop']:.2f} GFLOP; sgemm 2048^3 measured at {bound['sgemm_gflops']:.0f} GFLOP/s "
+              f"{bound['click_decoder_gflop']:.2f} GFLOP folded ({bound['click_decoder_plain_gflop']:.2f} plain); sgemm 2048^3 measured at {bound['sgemm_gflops']:.0f} GFLOP/s "
               f"-> fp32 bound {1000 * bound['encoder_gflop'] / bound['sgemm_gflops']:.0f} ms (encoder), "
-              f"{1000 * bound['click_decoder_gflop'] / bound['sgemm_gflops']:.1f} ms (click decoder, before upsampling).",
+              f"{1000 * bound['click_decoder_gflop'] / bound['sgemm_gflops']:.1f} ms (click decoder, folded, before "
+              f"upsampling; plain: {1000 * bound['click_decoder_plain_gflop'] / bound['sgemm_gflops']:.1f} ms).",
               "", "IoU: every mask of every prompt above (click: 3 masks on both photos, boxes, 16 boxes, 64 points x 3 "
               "low-res masks), against anymask's exact float32 torch path.", ""]
     return "\n".join(lines)
@@ -275,7 +293,9 @@ def main() -> None:
         for system in systems:  # export / cache the ONNX graphs outside the timed processes
             if system.startswith("onnx"):
                 subprocess.run([sys.executable, "-c", "from anymask import Predictor, load_model; "
-                                f"Predictor(load_model('mobile_sam', progress=False), backend='{system}')"], check=True)
+                                "m = load_model('mobile_sam', progress=False); "
+                                f"m.mask_decoder.transformer.fold = {not system.endswith('-plain')}; "
+                                f"Predictor(m, backend='{system.removesuffix('-plain')}')"], check=True)
         load_before = os.getloadavg()
         runs, files = [], {}
         for system in systems:

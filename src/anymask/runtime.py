@@ -91,6 +91,8 @@ def graphs_dir(model: Sam, quantize: str | None, opset: int) -> Path:
 
     parts = [model.spec.name, weights_digest(model), __version__, torch.__version__, onnxruntime.__version__,
              str(quantize), str(opset), GRAPHS_REVISION]
+    # the decoder's formulation (folded or plain cross-attention) changes the traced graph
+    parts.append(getattr(model.mask_decoder.transformer, "formulation", "plain"))
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return weights.anymask_home() / "onnx" / f"{model.spec.name}-{quantize or 'fp32'}-{key}"
 

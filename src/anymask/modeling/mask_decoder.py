@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
+from .mask_upscaling import upscaled_mask_logits
 
 __all__ = ["MLP", "MaskDecoder"]
 
@@ -120,16 +121,19 @@ class MaskDecoder(nn.Module):
         iou_token_out = tokens_out[:, 0, :]
         mask_tokens_out = tokens_out[:, 1 : 1 + self.num_mask_tokens, :]
 
-        src = src.expand(batch, -1, -1).transpose(1, 2).reshape(batch, channels, height, width)
-        upscaled = self.output_upscaling(src)  # (B, C / 8, 4h, 4w)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )  # (B, T_m, C / 8)
-        batch, up_channels, up_h, up_w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_h * up_w)).reshape(
-            batch, -1, up_h, up_w
-        )
+        if getattr(self.transformer, "fold", False):  # same result, channels-last matrix products
+            masks = upscaled_mask_logits(self.output_upscaling, src, height, width, hyper_in)
+        else:
+            src = src.expand(batch, -1, -1).transpose(1, 2).reshape(batch, channels, height, width)
+            upscaled = self.output_upscaling(src)  # (B, C / 8, 4h, 4w)
+            batch, up_channels, up_h, up_w = upscaled.shape
+            masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_h * up_w)).reshape(
+                batch, -1, up_h, up_w
+            )
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
 

@@ -3,6 +3,28 @@
 Prompt tokens and image tokens update each other: in every block the tokens attend to themselves,
 then to the image, go through an MLP, and finally the image attends back to the tokens. A last
 token-to-image attention closes the stack.
+
+Folded cross-attention (``TwoWayTransformer(fold=True)``, the default; exact algebra, float32 rounding only):
+there are a handful of prompt tokens (T ~ 7) and thousands of image tokens (N = h * w, 4096 for a 64x64
+grid), so every cross-attention is evaluated through the token side and the ``N x C`` image tokens are never
+projected. Per head ``h`` with ``Wq_h, Wk_h, Wv_h`` the ``d x C`` rows of the projections and ``Wo_h`` the
+``C x d`` columns of the output projection:
+
+- token-to-image (queries: tokens ``q``, keys ``K``, values ``X`` image): the logits ``(q Wq_h^T + bq_h)
+  (K Wk_h^T + bk_h)^T`` are ``G_h K^T`` with ``G_h = (q Wq_h^T + bq_h) Wk_h`` (``T x C``) up to a constant per
+  row, which softmax ignores; the output ``A_h (X Wv_h^T + bv_h) = (A_h X) Wv_h^T + bv_h`` since the rows of
+  ``A_h`` sum to one. Cost ``2 N C H T`` instead of ``2 N C D`` (D = C / 2 = 128 > H T = 56).
+- image-to-token (queries: image ``Q``, keys ``k``, values ``v`` tokens): the logits are ``Q M_h + c_h`` with
+  ``M_h = Wq_h^T (k Wk_h^T + bk_h)^T`` and ``c_h = bq_h (k Wk_h^T + bk_h)^T``, and the output
+  ``sum_h A_h ((v Wv_h^T + bv_h) Wo_h^T) + bo`` is one product ``A U`` of the ``N x H T`` attention with
+  ``U`` (``H T x C``, ``bo / H`` added to its rows). Cost ``2 N C H T`` instead of ``2 N C D``, and the
+  residual add is fused into the product.
+
+Both cost less than the projections while ``T < C / (downsample_rate * H)`` (16 for SAM); with more tokens
+(long click sequences) the plain formulation is used. When the image side is shared by a batch of prompts (the
+first block without mask prompts) the first token-to-image attention projects it once instead, if that is
+cheaper (3 prompts or more). ``fold=False`` runs the plain formulation everywhere (kept for benchmarks and
+tests).
 """
 
 from __future__ import annotations
@@ -26,6 +48,8 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: Hidden width of the token MLPs.
         activation: Activation class of the token MLPs.
         attention_downsample_rate: Factor by which cross-attention projects ``C`` down internally.
+        fold: Evaluate the cross-attentions through the token side (see the module docstring); the attribute
+            of the same name may be changed later (``model.mask_decoder.transformer.fold = False``).
     """
 
     def __init__(
@@ -36,12 +60,14 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: int,
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
+        fold: bool = True,
     ) -> None:
         super().__init__()
         self.depth = depth
         self.embedding_dim = embedding_dim
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
+        self.fold = fold
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(
                 embedding_dim=embedding_dim,
@@ -58,6 +84,11 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    @property
+    def formulation(self) -> str:
+        """``"folded"`` or ``"plain"``: which evaluation :meth:`forward` uses (part of the ONNX cache key)."""
+        return "folded" if self.fold else "plain"
+
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,23 +96,25 @@ class TwoWayTransformer(nn.Module):
 
         Args:
             image_embedding: ``(B, C, h, w)`` image features, or ``(1, C, h, w)`` shared by all ``B``
-                prompts (cheaper: the first block's image-side projections are then computed once).
+                prompts (cheaper: the first block's image side is then read once for the whole batch).
             image_pe: ``(B, C, h, w)`` or ``(1, C, h, w)`` positional encoding of the image features.
             point_embedding: ``(B, T, C)`` tokens; also used as their positional encoding.
 
         Returns:
             Updated tokens ``(B, T, C)`` and updated image tokens ``(B, h * w, C)``.
         """
-        keys = image_embedding.flatten(2).permute(0, 2, 1)  # (B, h*w, C)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        # (B, h*w, C), rows contiguous: every later product and LayerNorm reads them that way
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
+        fold = self.fold and self.final_attn_token_to_image.fold_pays(point_embedding.shape[1])
 
         for layer in self.layers:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
+            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe, fold=fold)
 
-        attended = self.final_attn_token_to_image(
-            q=queries + point_embedding, k=keys + key_pe, v=keys
-        )
+        final = self.final_attn_token_to_image
+        attend = final.token_to_image if fold else final
+        attended = attend(q=queries + point_embedding, k=keys + key_pe, v=keys)
         queries = self.norm_final_attn(queries + attended)
         return queries, keys
 
@@ -132,8 +165,13 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        fold: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, T, C)`` tokens and ``(B, N, C)`` image tokens (with their PEs) -> updated pair."""
+        """``(B, T, C)`` tokens and ``(B or 1, N, C)`` image tokens (with their PEs) -> updated pair.
+
+        ``fold`` evaluates the two cross-attentions through the token side (same result, see the module
+        docstring).
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -143,17 +181,28 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        token_to_image = self.cross_attn_token_to_image
+        # image side shared by a batch (first block, no mask prompts): projecting it once may cost less
+        shared = keys.shape[0] == 1 and token_to_image.shared_projection_pays(*queries.shape[:2])
+        attended = (token_to_image.token_to_image if fold and not shared else token_to_image)(q=q, k=k, v=keys)
+        queries = self.norm2(queries + attended)
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        if fold:
+            updated = self.cross_attn_image_to_token.image_to_token(q=k, k=q, v=queries, residual=keys)
+        else:
+            updated = keys + self.cross_attn_image_to_token(q=k, k=q, v=queries)
+        keys = self.norm4(updated)
         return queries, keys
 
 
 class Attention(nn.Module):
     """Multi-head attention whose projections may narrow the width by ``downsample_rate``.
+
+    :meth:`forward` is the plain formulation; :meth:`token_to_image` and :meth:`image_to_token` compute the
+    same attention folded through the short (token) side when the other side is long (image tokens).
 
     Args:
         embedding_dim: Width ``C`` of inputs and output.
@@ -192,3 +241,82 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.internal_dim))
+
+    def fold_pays(self, tokens: int) -> bool:
+        """Whether folding through ``tokens`` short-side tokens costs fewer FLOPs than projecting the long side."""
+        return self.num_heads * tokens < self.internal_dim
+
+    def shared_projection_pays(self, batch: int, tokens: int) -> bool:
+        """Whether projecting keys and values shared by ``batch`` prompts of ``tokens`` queries once costs fewer
+        FLOPs than :meth:`token_to_image` for each prompt (per key: ``C D + B D T`` against ``B C H T``)."""
+        width, internal = self.embedding_dim, self.internal_dim
+        return width * internal + batch * internal * tokens < batch * width * self.num_heads * tokens
+
+    def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
+        """A projection's weight ``(D, C)`` as ``(heads, d, C)``."""
+        return linear.weight.reshape(self.num_heads, self.internal_dim // self.num_heads, -1)
+
+    def token_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for few queries and many keys, folded: the keys and values are never projected.
+
+        Args:
+            q: ``(B, T, C)`` query tokens.
+            k: ``(B, N, C)`` or ``(1, N, C)`` keys (shared by the batch).
+            v: values, shaped like ``k``.
+
+        Returns:
+            ``(B, T, C)``, equal to ``forward(q, k, v)`` up to float32 rounding.
+        """
+        batch, tokens, _ = q.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        scaled = self._split_heads(self.q_proj(q)) * head_dim**-0.5  # (B, H, T, d)
+        # G_h = q_h Wk_h: logits = G_h k^T (+ q_h . bk_h, constant along each row: softmax drops it)
+        folded_keys = (scaled @ self._head_weights(self.k_proj)).reshape(batch, heads * tokens, -1)  # (B, HT, C)
+        if k.shape[0] == 1:  # one product for the whole batch (flatten, not k[0]: a free reshape in ONNX too)
+            logits = (folded_keys.flatten(0, 1) @ k.flatten(0, 1).t()).reshape(batch, heads * tokens, -1)
+        else:
+            logits = folded_keys @ k.transpose(1, 2)  # (B, HT, N)
+        weights = logits.softmax(dim=-1)
+        if v.shape[0] == 1:
+            mixed = (weights.flatten(0, 1) @ v.flatten(0, 1)).reshape(batch, heads, tokens, -1)
+        else:
+            mixed = (weights @ v).reshape(batch, heads, tokens, -1)  # A_h v: (B, H, T, C)
+        # (A_h v) Wv_h^T + bv_h: the rows of A_h sum to one
+        out = mixed @ self._head_weights(self.v_proj).transpose(1, 2) + self.v_proj.bias.reshape(heads, 1, head_dim)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.internal_dim))
+
+    def image_to_token(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """``residual + forward(q, k, v)`` for many queries and few keys, folded: the queries are never
+        projected, and the output projection is applied to the values before the attention.
+
+        Args:
+            q: ``(B, N, C)`` or ``(1, N, C)`` queries (shared by the batch).
+            k: ``(B, T, C)`` key tokens.
+            v: ``(B, T, C)`` value tokens.
+            residual: ``(B, N, C)`` or ``(1, N, C)``, added to the result.
+
+        Returns:
+            ``(B, N, C)``, equal to ``residual + forward(q, k, v)`` up to float32 rounding.
+        """
+        batch, tokens, _ = k.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
+        # logits_h = (q Wq_h^T + bq_h) k_h^T = q M_h + c_h
+        folded_keys = (keys @ self._head_weights(self.q_proj)).reshape(batch, heads * tokens, -1)  # (B, HT, C)
+        offsets = (keys @ self.q_proj.bias.reshape(heads, head_dim, 1)).reshape(batch, heads * tokens, 1)
+        # laid out (B, H * T, N): the softmax over each head's T tokens then runs along a long inner axis
+        if q.shape[0] == 1:  # one product for the whole batch
+            logits = (folded_keys.flatten(0, 1) @ q.flatten(0, 1).t()).reshape(batch, heads * tokens, -1)
+            logits = logits + offsets
+        else:
+            logits = torch.baddbmm(offsets, folded_keys, q.transpose(1, 2))  # (B, HT, N)
+        weights = logits.reshape(batch, heads, tokens, -1).softmax(dim=2).reshape(batch, heads * tokens, -1)
+        # sum_h A_h (v_h Wo_h^T) + bo, with bo / H on every row of U (each A_h's rows sum to one)
+        values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
+        out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)  # (H, d, C)
+        folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
+        if residual.shape[0] == batch:
+            return torch.baddbmm(residual, weights.transpose(1, 2), folded_values)
+        return residual + weights.transpose(1, 2) @ folded_values
