@@ -30,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import write_results  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("torch-plain", "torch", "onnx-plain", "onnx")
 TOP = 8
@@ -208,14 +210,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "decoder"), help="results path without extension")
     args = parser.parse_args()
     result = run(args.repeats)
-    from anymask.fileio import atomic_write_text
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    atomic_write_text(out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.timing import median_ms  # noqa: E402
+from benchmarks.timing import median_ms, write_results  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("reference", "torch-plain", "torch", "onnx-plain", "onnx", "onnx-int8")
 #: the pairs (folded, plain) whose ratio the table shows
@@ -310,14 +310,7 @@ def main() -> None:
               "torch": torch.__version__, "threads": int(os.environ.get("BENCH_THREADS", "2")), "repeats": args.repeats,
               "load": f"1-min load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after",
               "runs": runs, "bound": bound, "accuracy": acc}
-    from anymask.fileio import atomic_write_text
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    atomic_write_text(out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":
