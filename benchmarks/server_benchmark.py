@@ -7,9 +7,13 @@ Starts ``anymask serve`` (MobileSAM, onnx backend) on 127.0.0.1 and measures, on
 * ``/segment`` over HTTP, one request at a time: median wall time of one point and of one box (3 masks and
   1 mask as COCO RLE), and the server's own decode time (``decode_ms``);
 * the page in headless Chromium (the system's, via Playwright): click-to-mask time, from the click event to
-  the mask drawn on the canvas, over 20 clicks that each run the decoder in the browser (onnxruntime-web):
-  with cross-origin isolation (wasm threads) and without (``--no-isolation``: one thread); and with the
-  server decoding (``?decode=server``);
+  the mask drawn on the canvas, over 20 clicks on the astronaut's face after a first one (each adds a
+  foreground point: the prompts have 2 to 21 points, and each click runs a decoder): decoding in the browser
+  (onnxruntime-web, ``?decode=browser``) with cross-origin isolation (2 wasm threads) and without
+  (``--no-isolation``: one thread), decoding on the server (``?decode=server``), and the page's automatic
+  choice (no ``?decode``: it measures both on its first prompts, see ``web/choice.js``); with per-step medians
+  (``run``: onnxruntime-web's ``session.run``, ``request``: the /segment round trip, ``mask``: upsampling or
+  RLE decoding of the shown mask, ``draw``: the canvas);
 * load: 50 concurrent clients for 30 s (one-point /segment calls, some embedding downloads and uploads),
   failures, latency percentiles and the server's peak RSS.
 
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -75,16 +80,24 @@ def segment_latency(base: str, repeats: int) -> dict:
 
 
 def page_clicks(base: str, browser, query: str = "") -> dict:
+    """20 timed clicks in the page (after a first click, which may reuse its hover's decode): the click-to-mask
+    medians, the per-step medians (``run``: onnxruntime-web's session.run; ``request``: the /segment round trip;
+    ``mask``: upsampling / RLE decoding of the shown mask; ``draw``: the canvas) and the page's decoder choice."""
     page = open_page(browser, base, IMAGE, query=query)
     try:
         click_image(page, *CLICK, width=512, height=512)
-        records = timed_clicks(page, CLICKS, 512, 512)
-        times = [r["ms"] for r in records if r["decoded"]]
+        records = [r for r in timed_clicks(page, CLICKS, 512, 512) if r["decoded"]]
+        times = [r["ms"] for r in records]
+        steps = sorted({k for r in records for k in r["steps"]})
         return {"decoder": page.evaluate("document.body.dataset.decoder"),
-                "threads": page.evaluate("window.anymaskPage.page.decoder.threads || null"),
+                "decoders_used": dict(Counter(r["decoder"] for r in records)),
+                "choice": page.evaluate("window.anymaskPage.choice()"),
+                "threads": page.evaluate("(window.anymaskPage.page.choice.decoders.browser || {}).threads || null"),
                 "cross_origin_isolated": page.evaluate("self.crossOriginIsolated"),
                 "median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1),
-                "max_ms": round(max(times), 1), "n": len(times)}
+                "max_ms": round(max(times), 1), "n": len(times),
+                "step_medians_ms": {k: round(statistics.median(r["steps"][k] for r in records if k in r["steps"]), 1)
+                                    for k in steps}}
     finally:
         page.close()
 
@@ -97,6 +110,17 @@ def variants() -> list[bytes]:
         Image.fromarray(photo[i * 16:i * 16 + 384, (7 - i) * 16:(7 - i) * 16 + 384]).save(buffer, format="PNG")
         out.append(buffer.getvalue())
     return out
+
+
+#: (results key, label) of the page rows, in table order
+PAGE_ROWS = (
+    ("browser_isolated", "page click-to-mask, decoder in the browser, 2 wasm threads (?decode=browser, COOP/COEP)"),
+    ("browser_single_thread", "page click-to-mask, decoder in the browser, 1 thread (?decode=browser, --no-isolation)"),
+    ("server_decoding", "page click-to-mask, server decoding (?decode=server)"),
+    ("automatic", "page click-to-mask, the page's automatic choice (no ?decode)"),
+)
+#: the per-step medians shown in the table (all are in the JSON)
+SHOWN_STEPS = ("run", "request", "server_decode", "mask", "draw")
 
 
 def markdown(result: dict) -> str:
@@ -113,14 +137,16 @@ def markdown(result: dict) -> str:
         f"| server `/segment`, one box (1 mask) | {seg['box']['median_ms']} | decode {seg['box']['decode_median_ms']} ms, "
         f"p95 {seg['box']['p95_ms']} ms | |",
     ]
-    for key, label in (("browser_isolated", "page click-to-mask, decoder in the browser, wasm threads (COOP/COEP)"),
-                       ("browser_single_thread", "page click-to-mask, decoder in the browser, 1 thread (--no-isolation)"),
-                       ("server_decoding", "page click-to-mask, server decoding (?decode=server)")):
+    for key, label in PAGE_ROWS:
         page = result["page"].get(key)
         if page:
-            lines.append(f"| {label} | {page['median_ms']} | {page['decoder']}, threads {page['threads']}, "
-                         f"min {page['min_ms']} / max {page['max_ms']}, n={page['n']} | "
-                         f"{'<= 50' if key == 'browser_isolated' else ''} |")
+            steps = ", ".join(f"{k} {v}" for k, v in page["step_medians_ms"].items() if k in SHOWN_STEPS)
+            choice = page["choice"]
+            how = (f"chose the {choice['kind']} (probes: browser {choice['browser_ms']} ms, server "
+                   f"{choice['server_ms']} ms); " if key == "automatic" else "")
+            used = ", ".join(f"{k} {v}" for k, v in page["decoders_used"].items())
+            lines.append(f"| {label} | {page['median_ms']} | {how}clicks decoded by: {used}; steps: {steps}; "
+                         f"min {page['min_ms']} / max {page['max_ms']}, n={page['n']} | <= 50 |")
     lines += [
         "", f"Load: {load['clients']} concurrent clients for {result['load_seconds']} s (ran {load['seconds']} s "
         "until the last answers came): "
@@ -160,9 +186,10 @@ def main() -> None:
         if browser_path:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=browser_path)
-                result["page"]["browser_isolated"] = page_clicks(base, browser)
+                result["page"]["browser_isolated"] = page_clicks(base, browser, "?decode=browser")
                 print("page", result["page"], flush=True)
                 result["page"]["server_decoding"] = page_clicks(base, browser, "?decode=server")
+                result["page"]["automatic"] = page_clicks(base, browser)
                 browser.close()
         result["load"] = run_load(base, IMAGE.read_bytes(), variants(), clients=args.clients,
                                   seconds=args.load_seconds, pid=process.pid)
@@ -170,7 +197,7 @@ def main() -> None:
     if browser_path:
         with running_server("--backend", "onnx", "--no-isolation") as (base, _), sync_playwright() as p:
             browser = p.chromium.launch(executable_path=browser_path)
-            result["page"]["browser_single_thread"] = page_clicks(base, browser)
+            result["page"]["browser_single_thread"] = page_clicks(base, browser, "?decode=browser")
             browser.close()
     result["load_after"] = round(os.getloadavg()[0], 2)
     table = markdown(result)

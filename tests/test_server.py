@@ -156,6 +156,18 @@ def test_the_served_decoder_graph_is_the_servers_decoder(client, image_id):
     api = client.post(f"/v1/images/{image_id}/segment", json={"points": [POINT]}).json()["masks"]
     np.testing.assert_allclose(scores[0, 1:], [m["score"] for m in api], atol=1e-3)
     assert client.get("/v1/models/vit_h/decoder.onnx").status_code == 404
+    # the page's graph: no mask input, the same outputs
+    page_graph = client.get("/v1/models/mobile_sam/decoder.onnx?mask_input=false")
+    assert page_graph.status_code == 200 and page_graph.content != graph.content
+    page_session = ort.InferenceSession(page_graph.content, providers=["CPUExecutionProvider"])
+    assert {i.name for i in page_session.get_inputs()} == {"image_embeddings", "point_coords", "point_labels",
+                                                           "orig_im_size"}
+    page_low, page_scores = page_session.run(None, {
+        "image_embeddings": features, "point_coords": np.array([[POINT, [0, 0]]], np.float32),
+        "point_labels": np.array([[1, -1]], np.float32), "orig_im_size": np.array([512, 512], np.int64)})
+    np.testing.assert_allclose(page_scores, scores, atol=1e-4)
+    assert np.mean((page_low > 0) == (low > 0)) > 0.999
+    assert client.get("/v1/models/mobile_sam/decoder.onnx?mask_input=maybe").status_code == 422
 
 
 def test_everything_with_a_small_grid(client, image_id):

@@ -62,10 +62,11 @@ def _api_mask(base: str, image: bytes, point) -> np.ndarray:
 def test_page_click_draws_the_apis_mask_and_downloads_it(server, browser, example_image_path, tmp_path):
     base, _ = server
     expected = _api_mask(base, example_image_path.read_bytes(), CLICK)
-    page = open_page(browser, base, example_image_path)
+    want = "browser" if find_page_assets().browser_decoding else "server"
+    page = open_page(browser, base, example_image_path, query=f"?decode={want}")
     try:
-        want = "browser" if find_page_assets().browser_decoding else "server"
         assert page.evaluate("document.body.dataset.decoder") == want
+        assert page.evaluate("window.anymaskPage.choice()")["mode"] == "forced"
         assert page.evaluate("self.crossOriginIsolated") is True
         click_image(page, *CLICK, width=512, height=512)
         drawn = canvas_mask(page)
@@ -105,6 +106,43 @@ def test_page_click_draws_the_apis_mask_and_downloads_it(server, browser, exampl
         times = [r["ms"] for r in records]
         print(f"\npage click-to-mask ({want} decoding): median {statistics.median(times):.1f} ms over "
               f"{len(times)} clicks")
+    finally:
+        page.close()
+
+
+def test_page_measures_both_decoders_and_keeps_the_faster(server, browser, example_image_path):
+    base, _ = server
+    expected = _api_mask(base, example_image_path.read_bytes(), CLICK)
+    page = open_page(browser, base, example_image_path)  # no ?decode: the page chooses
+    try:
+        choice = page.evaluate("window.anymaskPage.choice()")
+        if not find_page_assets().browser_decoding:  # nothing to choose from: the server decodes
+            assert choice["kind"] == "server" and not choice["probing"]
+            return
+        assert choice["mode"] == "auto" and choice["probing"] and choice["probes"] == 0
+        assert page.evaluate("document.body.dataset.choice") == "probing"
+        # the first prompts (the hover before a click counts) are decoded by both decoders, then one is kept
+        records = []
+        for x, y in INSIDE[:6]:
+            records.append(click_image(page, x, y, width=512, height=512))
+            if not page.evaluate("window.anymaskPage.choice()")["probing"]:
+                break
+        page.wait_for_function("document.body.dataset.choice === 'auto'")
+        choice = page.evaluate("window.anymaskPage.choice()")
+        assert choice["probes"] == 3 and choice["browser_ms"] > 0 and choice["server_ms"] > 0
+        faster = "browser" if choice["browser_ms"] <= choice["server_ms"] else "server"
+        assert choice["kind"] == faster == page.evaluate("document.body.dataset.decoder")
+        badge = page.text_content("#decoder")
+        assert f"decoding in the {faster}" in badge and "faster here" in badge
+        assert {r["decoder"] for r in records if r["decoded"]} <= {"browser", "server"}
+        # from now on every click is decoded by the chosen one only, and the mask is still the API's
+        page.keyboard.press("r")
+        page.wait_for_function("window.anymaskPage.page.mask === null")
+        record = click_image(page, *CLICK, width=512, height=512)
+        assert record["decoder"] == faster and page.evaluate("window.anymaskPage.choice()")["probes"] == 3
+        assert iou(canvas_mask(page), expected) >= 0.99
+        print(f"\nthe page chose the {faster}: probes browser {choice['browser_ms']} ms, "
+              f"server {choice['server_ms']} ms")
     finally:
         page.close()
 

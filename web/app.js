@@ -1,8 +1,10 @@
 // The anymask page: upload an image (the server encodes it once), then segment it by clicks, boxes and hover.
-// Prompts are decoded in the browser (onnxruntime-web) when its files are installed, else by the server.
+// Prompts are decoded in the browser (onnxruntime-web) or by the server, whichever measured faster on the first
+// prompts after the image loaded (choice.js); `?decode=browser|server` forces one.
 // window.anymaskPage exposes the state for tests and scripts (see docs/web.md).
 
 import { BrowserDecoder, ServerDecoder } from './decoder.js';
+import { DecoderChoice } from './choice.js';
 import { encodeRLE, decodeRLE, areaAndBox } from './mask.js';
 import { downloadMask, downloadCutout, downloadCoco } from './downloads.js';
 
@@ -11,13 +13,17 @@ const imageCanvas = $('image'), maskCanvas = $('mask'), uiCanvas = $('ui');
 const COLORS = { click: [30, 144, 255, 140], hover: [30, 144, 255, 80] };
 
 const page = {
-  decoder: null, decoderKind: null, model: null, image: null, bitmap: null, fileName: null,
+  choice: null, model: null, image: null, bitmap: null, fileName: null,
   points: [], box: null, history: [], result: null, selected: 0, mask: null,
   kept: [], everything: null, timings: [], busy: false, pending: null, cursor: null, hoverKey: null,
 };
+// the decoder in use (the chosen one; while probing, the one that answers first)
+Object.defineProperty(page, 'decoder', { get: () => (page.choice ? page.choice.current : null) });
 window.anymaskPage = {
   page,
   timings: page.timings,
+  // how the decoder was chosen: {mode: auto | forced, kind, probing, browser_ms, server_ms, probes}
+  choice: () => (page.choice ? page.choice.summary() : null),
   // the mask currently drawn, read back from the mask canvas: COCO uncompressed RLE {size, counts}
   canvasMaskRLE() {
     const { width, height } = maskCanvas;
@@ -41,21 +47,36 @@ async function api(path, options) {
 async function start() {
   const models = await api('/v1/models');
   page.model = models.models[0];
-  const forced = new URLSearchParams(location.search).get('decode');
-  page.decoder = null;
+  let forced = new URLSearchParams(location.search).get('decode');
+  if (!['browser', 'server'].includes(forced)) forced = null;
+  let browser = null;
   if (models.browser_decoding && forced !== 'server') {
     try {
-      page.decoder = await BrowserDecoder.create(page.model);
+      browser = await BrowserDecoder.create(page.model);
     } catch (error) {
       console.warn('browser decoding unavailable, the server decodes instead:', error);
     }
   }
-  page.decoder = page.decoder || new ServerDecoder();
-  const threads = page.decoder.threads ? `, ${page.decoder.threads} thread${page.decoder.threads > 1 ? 's' : ''}` : '';
-  $('decoder').textContent = `${page.model.name} · decoding in the ${page.decoder.kind}${threads}`;
-  document.body.dataset.decoder = page.decoder.kind;
+  page.choice = new DecoderChoice({ browser, server: new ServerDecoder() }, { forced });
+  showDecoder();
   document.body.dataset.ready = '1';
   updateButtons();
+}
+
+// The badge: where prompts are decoded, and why (forced, measured, or still measuring).
+function showDecoder(note = '') {
+  const c = page.choice.summary();
+  const browser = page.choice.decoders.browser;
+  const threads = browser && browser.threads ? ` (${browser.threads} thread${browser.threads > 1 ? 's' : ''})` : '';
+  let text;
+  if (c.probing) text = `measuring browser${threads} and server decoding…`;
+  else if (c.mode === 'forced') text = `decoding in the ${c.kind}${c.kind === 'browser' ? threads : ''} (forced)`;
+  else if (c.browser_ms === null) text = 'decoding in the server';
+  else text = `decoding in the ${c.kind}${c.kind === 'browser' ? threads : ''}: faster here ` +
+    `(browser ${Math.round(c.browser_ms)} ms, server ${Math.round(c.server_ms)} ms)`;
+  $('decoder').textContent = `${page.model.name} · ${text}${note}`;
+  document.body.dataset.decoder = c.kind;
+  document.body.dataset.choice = c.probing ? 'probing' : c.mode;
 }
 
 // ------------------------------------------------------------------------------------------------ image
@@ -72,7 +93,10 @@ async function openFile(file) {
       api('/v1/images', { method: 'POST', body: form }),
       createImageBitmap(file, { imageOrientation: 'from-image' }),
     ]);
-    await page.decoder.setImage(info);
+    const { browser, server } = page.choice.decoders;
+    await Promise.all([server.setImage(info), browser ? browser.setImage(info) : null]);
+    page.choice.reset();
+    showDecoder();
     page.image = info; page.bitmap = bitmap; page.fileName = file.name;
     page.kept = []; page.everything = null;
     for (const canvas of [imageCanvas, maskCanvas, uiCanvas]) { canvas.width = info.width; canvas.height = info.height; }
@@ -115,19 +139,24 @@ function undo() {
 }
 
 // The browser decoder failing (e.g. out of memory) hands over to the server for the rest of the session.
-async function decodeWithFallback(prompt) {
+async function decodeWith(decoder, prompt) {
   try {
-    return await page.decoder.decode(prompt);
+    return await decoder.decode(prompt);
   } catch (error) {
-    if (page.decoder.kind !== 'browser') throw error;
+    if (decoder.kind !== 'browser') throw error;
     console.warn('browser decoding failed, the server decodes from now on:', error);
-    const server = new ServerDecoder();
-    await server.setImage(page.image);
-    page.decoder = server;
-    document.body.dataset.decoder = 'server';
-    $('decoder').textContent = `${page.model.name} · decoding in the server (browser decoding failed)`;
-    return page.decoder.decode(prompt);
+    page.choice.dropBrowser();
+    showDecoder(' (browser decoding failed)');
+    return page.choice.decoders.server.decode(prompt);
   }
+}
+
+// A decode and the shown mask's upsampling (what a probe compares), timed in ms.
+async function timedDecode(decoder, prompt) {
+  const started = performance.now();
+  const result = await decodeWith(decoder, prompt);
+  result.mask(result.best);
+  return { result, ms: performance.now() - started };
 }
 
 // One decode at a time; at most one waits (a click replaces a waiting hover, never the other way round).
@@ -142,13 +171,21 @@ function schedule(kind, since, hoverPoint = null) {
 
 async function run(job) {
   page.busy = true;
+  job.started = performance.now();
   try {
     const key = JSON.stringify(job.prompt);
-    let result, decoded = true;
+    let result, decoded = true, probe = null;
     if (job.kind === 'click' && page.hoverKey === key && page.hoverResult) {
       result = page.hoverResult; decoded = false;  // the hover already decoded exactly this prompt
     } else if (job.prompt.points.length || job.prompt.box) {
-      result = await decodeWithFallback(job.prompt);
+      if (page.choice.probing) {  // the first decoder answers now; the other one runs after the mask is drawn
+        const [first, second] = page.choice.order();
+        const answer = await timedDecode(page.choice.decoders[first], job.prompt);
+        result = answer.result;
+        probe = { [first]: answer.ms, second };
+      } else {
+        result = await decodeWith(page.decoder, job.prompt);
+      }
     }
     if (job.kind === 'hover') {
       page.hoverKey = key; page.hoverResult = result;
@@ -157,14 +194,19 @@ async function run(job) {
         draw('hover');
       }
     } else if (JSON.stringify(snapshot()) === key) {  // still the current prompt
+      const decodedAt = performance.now();
       page.result = result || null; page.selected = result ? result.best : 0;
       page.mask = result ? result.mask(page.selected) : null;
+      const maskAt = performance.now();
       draw('click');
-      showCandidates();
       const ms = performance.now() - job.since;
-      page.timings.push({ ms, decoded, decoder: result ? result.source : null });
-      status(`Mask in ${ms.toFixed(1)} ms (${decoded ? `decoded in the ${page.decoder.kind}` : 'from the hover'}).`);
+      showCandidates();
+      const steps = { wait: job.started - job.since, decode: decodedAt - job.started, mask: maskAt - decodedAt,
+        draw: job.since + ms - maskAt, ...(decoded && result ? result.steps : {}) };
+      page.timings.push({ ms, decoded, decoder: result ? result.source : null, steps });
+      status(`Mask in ${ms.toFixed(1)} ms (${decoded ? `decoded in the ${result.source}` : 'from the hover'}).`);
     }
+    if (probe) await finishProbe(probe, job.prompt);
   } catch (error) {
     status(`Segmentation failed: ${error.message}`);
   } finally {
@@ -175,13 +217,33 @@ async function run(job) {
   }
 }
 
+// The second half of a probe: the other decoder on the same prompt, timed; the choice is made after enough.
+async function finishProbe(probe, prompt) {
+  const decoder = page.choice.decoders[probe.second];
+  if (decoder) {
+    try {
+      probe[probe.second] = (await timedDecode(decoder, prompt)).ms;
+    } catch (error) {
+      console.warn(`${probe.second} decoding failed while measuring:`, error);
+    }
+  }
+  if (page.choice.probing) page.choice.record(probe);
+  showDecoder();
+}
+
 // ---------------------------------------------------------------------------------------------- drawing
 
+// One RGBA buffer per image size, cleared and refilled for every mask (no allocation per draw).
+let maskPixels = null;
 function draw(kind = 'click') {
   const { width, height } = maskCanvas;
   const ctx = maskCanvas.getContext('2d');
-  const out = ctx.createImageData(width, height);
-  const pixels = new Uint32Array(out.data.buffer);
+  if (!maskPixels || maskPixels.image.width !== width || maskPixels.image.height !== height) {
+    const image = ctx.createImageData(width, height);
+    maskPixels = { image, pixels: new Uint32Array(image.data.buffer) };
+  }
+  const { image: out, pixels } = maskPixels;
+  pixels.fill(0);
   if (page.everything) {
     page.everything.slice().sort((a, b) => b.area - a.area).forEach((m) => {  // small objects on top
       const [r, g, b] = m.color;

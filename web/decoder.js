@@ -7,12 +7,12 @@
 
 import { upsampleMask, decodeRLE } from './mask.js';
 
-function candidates(scores, makeMask, source) {
+function candidates(scores, makeMask, source, steps = {}) {
   const cache = new Map();
   let best = 0;
   scores.forEach((s, i) => { if (s > scores[best]) best = i; });
   return {
-    scores, best, source,
+    scores, best, source, steps,
     mask(i) {
       if (!cache.has(i)) cache.set(i, makeMask(i));
       return cache.get(i);
@@ -31,7 +31,8 @@ export class BrowserDecoder {
     ort.env.wasm.wasmPaths = new URL('./vendor/', import.meta.url).href;
     const threads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     ort.env.wasm.numThreads = threads;
-    const response = await fetch(model.decoder_url);
+    // the graph without mask input: the page sends no mask prompt (same masks, no mask-downscaling convolutions)
+    const response = await fetch(`${model.decoder_url}?mask_input=false`);
     if (!response.ok) throw new Error(`decoder graph: HTTP ${response.status}`);
     const bytes = new Uint8Array(await response.arrayBuffer());
     const session = await ort.InferenceSession.create(bytes, {
@@ -58,8 +59,6 @@ export class BrowserDecoder {
       info,
       embedding: new this.ort.Tensor('float32', data, shape),
       size: new this.ort.Tensor('int64', BigInt64Array.from([BigInt(info.height), BigInt(info.width)]), [2]),
-      noMask: new this.ort.Tensor('float32', new Float32Array(256 * 256), [1, 1, 256, 256]),
-      hasMask: new this.ort.Tensor('float32', new Float32Array([0]), [1]),
     };
   }
 
@@ -75,21 +74,22 @@ export class BrowserDecoder {
       labels.push(-1);
     }
     const n = labels.length;
-    const out = await this.session.run({
+    const started = performance.now();
+    const feeds = {
       image_embeddings: image.embedding,
       point_coords: new ort.Tensor('float32', Float32Array.from(coords), [1, n, 2]),
       point_labels: new ort.Tensor('float32', Float32Array.from(labels), [1, n]),
-      mask_input: image.noMask,
-      has_mask_input: image.hasMask,
       orig_im_size: image.size,
-    });
+    };
+    const out = await this.session.run(feeds);
+    const steps = { run: performance.now() - started };
     const logits = out.low_res_masks.data;  // (1, 4, 256, 256): token 0 the single mask, 1-3 the candidates
     const iou = out.iou_predictions.data;
     const tokens = wantsMultimask(prompt) ? [1, 2, 3] : [0];
     const { height, width } = image.info;
     const size = this.model.image_size, threshold = this.model.mask_threshold;
     return candidates(tokens.map((t) => iou[t]),
-      (i) => upsampleMask(logits, tokens[i] * 256 * 256, height, width, size, threshold), 'browser');
+      (i) => upsampleMask(logits, tokens[i] * 256 * 256, height, width, size, threshold), 'browser', steps);
   }
 }
 
@@ -111,11 +111,14 @@ export class ServerDecoder {
     };
     if (!body.points.length) { delete body.points; delete body.labels; }
     if (prompt.box) body.box = prompt.box;
+    const started = performance.now();
     const response = await fetch(`/v1/images/${this.image.info.id}/segment`, {
       method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
-    return candidates(answer.masks.map((m) => m.score), (i) => decodeRLE(answer.masks[i].segmentation), 'server');
+    const steps = { request: performance.now() - started, server_decode: answer.decode_ms };
+    return candidates(answer.masks.map((m) => m.score), (i) => decodeRLE(answer.masks[i].segmentation), 'server',
+      steps);
   }
 }

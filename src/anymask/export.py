@@ -220,8 +220,13 @@ def export_decoder(model: Sam, path: str | os.PathLike, full_res: bool = True, m
     return path
 
 
-def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Dynamic int8 quantisation of the weight MatMuls of ``source`` (per channel), written to ``target``."""
+def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, per_channel: bool = True,
+                  only: list[str] | None = None) -> Path:
+    """Dynamic int8 quantisation of the weight MatMuls of ``source``, written to ``target``.
+
+    ``per_channel``: one scale per output channel (onnxruntime-web 1.30's ``MatMulIntegerToFloat`` rejects these:
+    pass False for graphs that run in the browser). ``only``: quantise just the MatMul nodes of these names.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -234,8 +239,9 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude)
+        quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8, per_channel=per_channel,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude,
+                         nodes_to_quantize=[n for n in only if n not in exclude] if only is not None else None)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -229,17 +229,19 @@ class SegmentEngine:
         keys = ("segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords")
         return entry, [{k: r[k] for k in keys} for r in records], elapsed
 
-    def decoder_graph(self) -> Path:
-        """The decoder ONNX graph the page runs in the browser (the runtime's cached graph of this model).
+    def decoder_graph(self, mask_input: bool = True) -> Path:
+        """A decoder ONNX graph for the browser (the runtime's cached graph of this model, float32).
 
         Inputs ``image_embeddings (1, 256, 64, 64)``, ``point_coords (1, N, 2)`` original pixels,
-        ``point_labels (1, N)`` (1 / 0 points, 2 / 3 box corners, -1 padding), ``mask_input (1, 1, 256, 256)``,
-        ``has_mask_input (1,)``, ``orig_im_size (2,)`` int64; outputs ``low_res_masks (1, 4, 256, 256)`` (all
-        four mask tokens: token 0 the single mask, 1-3 the candidates) and ``iou_predictions (1, 4)``.
+        ``point_labels (1, N)`` (1 / 0 points, 2 / 3 box corners, -1 padding), with ``mask_input`` also
+        ``mask_input (1, 1, 256, 256)`` and ``has_mask_input (1,)``, and ``orig_im_size (2,)`` int64; outputs
+        ``low_res_masks (1, 4, 256, 256)`` (all four mask tokens: token 0 the single mask, 1-3 the candidates)
+        and ``iou_predictions (1, 4)``. The page runs the graph without mask input (it sends no mask prompt):
+        the same arithmetic minus the mask-downscaling convolutions.
         """
-        from ..runtime import DECODER_FILE, build_graphs
+        from ..runtime import DECODER_FILE, DECODER_NO_MASK_FILE, build_graphs
 
-        return build_graphs(self.model) / DECODER_FILE
+        return build_graphs(self.model) / (DECODER_FILE if mask_input else DECODER_NO_MASK_FILE)
 
 
 __all__ = ["ImageTooLarge", "SegmentEngine", "UnknownImage", "open_upload"]
