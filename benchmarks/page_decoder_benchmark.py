@@ -2,10 +2,10 @@
 
     python benchmarks/page_decoder_benchmark.py      # writes benchmarks/results/page_decoder.{json,md}
 
-The page (``web/``) runs a decoder graph in the browser with onnxruntime-web. The page runs the float32 graph
-without mask input (the mask-downscaling convolutions skipped; the page sends no mask prompt); a cheaper
-(int8) graph would only be acceptable if its masks match the server's float32 masks: the project's bar is mask IoU >= 0.99 on real
-photos. For the first ``--images`` photos of GrabCut and of Berkeley (``../shared/data``), MobileSAM encodes
+The page (``web/``) runs a decoder graph in the browser with onnxruntime-web: the float32 graph without mask
+input (it sends no mask prompt, so the mask-downscaling convolutions are skipped). A cheaper (int8) graph
+would only be acceptable if its masks matched the server's float32 masks: the project's bar is mask IoU >= 0.99
+on real photos. For the first ``--images`` photos of GrabCut and of Berkeley (``../shared/data``), MobileSAM encodes
 the photo once and three prompts are decoded by the server's graph (``decoder_low_res.onnx``, float32) and by
 each candidate (:func:`candidate_graphs`): one point at the object's most interior
 pixel (3 candidates: all compared), three interior points, and the object's box (1 mask each). Each candidate

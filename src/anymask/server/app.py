@@ -152,8 +152,9 @@ def create_app(
     @app.get("/v1/models/{name}/decoder.onnx", tags=["models"], responses={404: ERROR_RESPONSES[404]},
              response_class=FileResponse)
     async def decoder_graph(name: str, mask_input: bool = Query(
-            True, description="false: the graph without the mask_input and has_mask_input inputs (what the page "
-                              "runs: it sends no mask prompt, and skips the mask-downscaling convolutions)")) -> FileResponse:
+            True, description="false: the graph without the mask_input and has_mask_input inputs (what the "
+                              "page runs: it sends no mask prompt; no mask-downscaling convolutions)"),
+    ) -> FileResponse:
         """The low-resolution decoder graph of the loaded model (see ``docs/web.md`` for its inputs)."""
         if name != engine.name:
             raise StarletteHTTPException(404, f"model {name!r} is not loaded; this server runs {engine.name!r}")
