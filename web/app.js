@@ -182,7 +182,7 @@ async function run(job) {
         const [first, second] = page.choice.order();
         const answer = await timedDecode(page.choice.decoders[first], job.prompt);
         result = answer.result;
-        probe = { [first]: answer.ms, second };
+        probe = { [first]: answer.ms, second, image: page.image };
       } else {
         result = await decodeWith(page.decoder, job.prompt);
       }
@@ -227,7 +227,7 @@ async function finishProbe(probe, prompt) {
       console.warn(`${probe.second} decoding failed while measuring:`, error);
     }
   }
-  if (page.choice.probing) page.choice.record(probe);
+  if (page.choice.probing && probe.image === page.image) page.choice.record(probe);  // not if a new image came
   showDecoder();
 }
 
