@@ -134,6 +134,10 @@ class MaskPropagation:
         use_logits: add the candidate prompted with the previous low-res logits as ``mask_input``.
         multimask: add the three multimask candidates of the box alone.
         prior_weight: weight of the IoU with the previous mask added to the predicted IoU when choosing.
+        area_margin: candidates whose predicted IoU is within this margin of the best compete, and the one
+            whose area is closest to the previous mask's (in ratio) is kept: objects change size little from
+            one frame to the next, while the best-scored candidate is sometimes a part of the object (0: the
+            best-scored candidate).
         lost_iou: a kept mask overlapping the previous mask less than this is a loss.
         max_area_ratio: a kept mask whose area changes by more than this factor is a loss.
         confident_score: on a loss, the candidate is still reported when its predicted IoU is this high,
@@ -145,6 +149,7 @@ class MaskPropagation:
     use_logits: bool = True
     multimask: bool = True
     prior_weight: float = 0.0
+    area_margin: float = 0.05
     lost_iou: float = 0.1
     max_area_ratio: float = 2.5
     confident_score: float = 0.5
@@ -186,7 +191,14 @@ class MaskPropagation:
         cand = low[:, :, :lh, :lw] > 0
         prev = np.stack([tracks[i].logits[0, :lh, :lw] > 0 for i in live])[:, None]
         overlap = _low_res_iou(cand, prev)  # (B, C)
-        choice = np.argmax(scores + self.prior_weight * overlap, axis=1)
+        ranked = scores + self.prior_weight * overlap
+        choice = np.argmax(ranked, axis=1)
+        if self.area_margin > 0:
+            areas = cand.sum(axis=(-2, -1)).astype(np.float64)  # (B, C) at low resolution
+            prev_areas = prev.sum(axis=(-2, -1)).astype(np.float64)  # (B, 1)
+            change = np.abs(np.log(np.maximum(areas, 1) / np.maximum(prev_areas, 1)))
+            close = ranked >= ranked.max(axis=1, keepdims=True) - self.area_margin
+            choice = np.argmin(np.where(close, change, np.inf), axis=1)
         best_low = low[np.arange(len(live)), choice]
         masks = predictor.masks_from_low_res(best_low)
         for j, i in enumerate(live):
