@@ -320,7 +320,7 @@ def test_cli_bad_input(video_dir, tmp_path, capsys):
 
 def test_davis_track_keeps_the_whole_object_not_a_part(mobile_sam, shared_data):
     """horsejump-high, frames 19-22 (horse and rider land): the best-scored box candidate on frame 21 is the
-    horse without its rider; keeping the candidate closest in area among those scored within 0.05 of the best
+    horse without its rider; keeping the largest candidate among those scored within 0.05 of the best
     (the default) follows the whole object, as the ground truth does."""
     from anymask import Predictor
 
@@ -330,7 +330,7 @@ def test_davis_track_keeps_the_whole_object_not_a_part(mobile_sam, shared_data):
     predictor = Predictor(mobile_sam, pad_to_square=False)
     embeddings: dict[int, object] = {}
 
-    def follow(area_margin: float) -> list[float]:
+    def follow(prefer_larger: float) -> list[float]:
         class Cached(VideoPredictor):
             def encode(self, index, frame):
                 if index not in embeddings:
@@ -339,11 +339,11 @@ def test_davis_track_keeps_the_whole_object_not_a_part(mobile_sam, shared_data):
                 return embeddings[index]
 
         video = Cached(predictor, pad_to_square=False).open([r["image"] for r in rows])
-        video.propagation.area_margin = area_margin
+        video.propagation.prefer_larger = prefer_larger
         video.add_prompt(0, 1, mask=truth[0])
         return [iou(masks[1], truth[i]) for i, masks in video.propagate() if i > 0]
 
-    assert VideoPredictor(predictor).propagation.area_margin == 0.05
+    assert VideoPredictor(predictor).propagation.prefer_larger == 0.05
     kept, best_scored = follow(0.05), follow(0.0)
     assert min(kept) > 0.75, kept
     assert best_scored[-1] < kept[-1] - 0.1, (best_scored, kept)
