@@ -205,6 +205,7 @@ def main() -> int:
                         "video_timing.json / .md (a quick speed check, e.g. when the machine is idle)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print only (experiments)")
+    parser.add_argument("--name", help="results file stem (default: video, or video_timing with --timing-only)")
     args = parser.parse_args()
 
     import torch
@@ -342,7 +343,7 @@ def main() -> int:
     print(table)
     if not args.no_write:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = "video_timing" if args.timing_only else "video"
+        stem = args.name or ("video_timing" if args.timing_only else "video")
         atomic_write_text(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(args.out / f"{stem}.md", "# Video benchmark (DAVIS 2016 val)"
                           + (": speed only" if args.timing_only else "") + "\n\n" + table + "\n")

@@ -141,15 +141,16 @@ def test_onnx_agrees_with_torch_unpadded(mobile_sam, onnx_predictor, embeddings)
 
 
 def test_video_predictor_unpadded_on_davis(onnx_predictor, shared_data):
-    """Three DAVIS frames (854 x 480) in the video predictor's unpadded mode (default backend): the box
+    """Three DAVIS frames (854 x 480) in the video predictor's unpadded mode (its default): the box
     on frame 0 is followed, the tracks hold (1, 144, 256) logits, and a mask prompt becomes logits of that size."""
     from anymask.video import VideoPredictor
 
     from benchmarks.datasets import box_of
 
     rows = [r for r in read_index(shared_data / "davis2016_val") if r["image"].parent.name == "blackswan"][:7:3]
-    assert VideoPredictor(onnx_predictor).pad_to_square is None and onnx_predictor.pad_to_square  # SAM's padding
-    video = VideoPredictor(onnx_predictor, pad_to_square=False).open([r["image"] for r in rows])
+    assert VideoPredictor(onnx_predictor, pad_to_square=True).pad_to_square  # SAM's padding, on request
+    video = VideoPredictor(onnx_predictor).open([r["image"] for r in rows])  # default: unpadded
+    assert not video.pad_to_square and onnx_predictor.pad_to_square  # the still-image predictor keeps padding
     video.add_prompt(0, 1, box=box_of(rows[0]))
     video.add_prompt(0, 2, mask=load_mask(rows[0]["mask"]))
     assert video._prompts[0][2].track.logits.shape == (1, 144, 256)

@@ -316,3 +316,34 @@ def test_cli_bad_input(video_dir, tmp_path, capsys):
     assert cli.main(["video", str(tmp_path / "bad.mp4"), "--box", "1,1,5,5", "-o", out]) == 3
     assert cli.main(["video", clip, "--point", "900,10", "-o", out]) == 4
     assert not Path(out).exists()
+
+
+def test_davis_track_keeps_the_whole_object_not_a_part(mobile_sam, shared_data):
+    """horsejump-high, frames 19-22 (horse and rider land): the best-scored box candidate on frame 21 is the
+    horse without its rider; keeping the largest candidate among those scored within 0.05 of the best
+    (the default) follows the whole object, as the ground truth does."""
+    from anymask import Predictor
+
+    rows = [r for r in read_index(shared_data / "davis2016_val")
+            if r["image"].parent.name == "horsejump-high"][19:23]
+    truth = [load_mask(r["mask"]) for r in rows]
+    predictor = Predictor(mobile_sam, pad_to_square=False)
+    embeddings: dict[int, object] = {}
+
+    def follow(prefer_larger: float) -> list[float]:
+        class Cached(VideoPredictor):
+            def encode(self, index, frame):
+                if index not in embeddings:
+                    embeddings[index] = super().encode(index, frame)
+                self.predictor.set_embedding(embeddings[index])
+                return embeddings[index]
+
+        video = Cached(predictor, pad_to_square=False).open([r["image"] for r in rows])
+        video.propagation.prefer_larger = prefer_larger
+        video.add_prompt(0, 1, mask=truth[0])
+        return [iou(masks[1], truth[i]) for i, masks in video.propagate() if i > 0]
+
+    assert VideoPredictor(predictor).propagation.prefer_larger == 0.05
+    kept, best_scored = follow(0.05), follow(0.0)
+    assert min(kept) > 0.75, kept
+    assert best_scored[-1] < kept[-1] - 0.1, (best_scored, kept)

@@ -8,7 +8,9 @@ displacement (damped constant velocity) and enlarged by 5 %:
 1. that box + the previous low-resolution logits as ``mask_input`` (one mask);
 2. that box alone, three candidates (multimask);
 
-and keeps the candidate with the highest predicted IoU. Loss is detected when the kept mask hardly overlaps
+and keeps the largest of the candidates whose predicted IoU is within ``prefer_larger`` (0.05) of the best:
+the box covers the whole object, but the best-scored candidate is now and then a part of it (a horse without
+its rider), and a track that takes a part once keeps shrinking. Loss is detected when the kept mask hardly overlaps
 the previous mask or its area jumps; the track then keeps its last good mask as the reference (so later
 frames are prompted from it, which recovers the object when it is visible again) and reports the candidate
 only if the decoder is fairly confident, else an empty mask.
@@ -134,6 +136,10 @@ class MaskPropagation:
         use_logits: add the candidate prompted with the previous low-res logits as ``mask_input``.
         multimask: add the three multimask candidates of the box alone.
         prior_weight: weight of the IoU with the previous mask added to the predicted IoU when choosing.
+        prefer_larger: candidates whose predicted IoU is within this margin of the best compete, and the
+            largest is kept: the box covers the whole object, and the best-scored candidate is now and then a
+            part of it (0: the best-scored candidate). The same rule and margin as the interactive sessions'
+            first click (:class:`anymask.session.SessionStrategy`).
         lost_iou: a kept mask overlapping the previous mask less than this is a loss.
         max_area_ratio: a kept mask whose area changes by more than this factor is a loss.
         confident_score: on a loss, the candidate is still reported when its predicted IoU is this high,
@@ -145,6 +151,7 @@ class MaskPropagation:
     use_logits: bool = True
     multimask: bool = True
     prior_weight: float = 0.0
+    prefer_larger: float = 0.05
     lost_iou: float = 0.1
     max_area_ratio: float = 2.5
     confident_score: float = 0.5
@@ -186,7 +193,12 @@ class MaskPropagation:
         cand = low[:, :, :lh, :lw] > 0
         prev = np.stack([tracks[i].logits[0, :lh, :lw] > 0 for i in live])[:, None]
         overlap = _low_res_iou(cand, prev)  # (B, C)
-        choice = np.argmax(scores + self.prior_weight * overlap, axis=1)
+        ranked = scores + self.prior_weight * overlap
+        choice = np.argmax(ranked, axis=1)
+        if self.prefer_larger > 0:
+            areas = cand.sum(axis=(-2, -1)).astype(np.float64)  # (B, C), at low resolution
+            close = ranked >= ranked.max(axis=1, keepdims=True) - self.prefer_larger
+            choice = np.argmax(np.where(close, areas, -1.0), axis=1)
         best_low = low[np.arange(len(live)), choice]
         masks = predictor.masks_from_low_res(best_low)
         for j, i in enumerate(live):

@@ -40,23 +40,23 @@ class VideoPredictor:
     """Prompt objects on any frame of a video and propagate their masks forward or backward."""
 
     def __init__(self, predictor: Predictor, strategy: str = "mask", window: int = DEFAULT_WINDOW,
-                 embedding_cache: int = 2, pad_to_square: bool | None = None) -> None:
+                 embedding_cache: int = 2, pad_to_square: bool = False) -> None:
         """Args:
         predictor: the image :class:`~anymask.predictor.Predictor` (its model runs every frame).
         strategy: ``"mask"`` (default: previous mask's box moved by its motion, its logits, loss detection) or
             ``"box"`` (naive baseline: the box of the previous mask only). See :mod:`anymask.tracking`.
         window: frames a video file or iterator keeps decoded (reverse reading goes in chunks of this size).
         embedding_cache: frame embeddings kept (each ``256 x 64 x 64`` float32, 4 MiB, or less unpadded).
-        pad_to_square: encode frames padded to the model's square input (SAM's way), or, with False, only to
-            a multiple of the encoder's stride: on a 16:9 video the encoder and decoder do 44 % less work (2.0x
-            the frames/s on DAVIS) but the DAVIS J-mean measured 0.747 instead of 0.793 (docs/video.md). Default
-            None: the predictor's own setting (padded unless it was made with ``pad_to_square=False``).
+        pad_to_square: False (default): frames are encoded padded only to a multiple of the encoder's stride;
+            on a 16:9 video the encoder and decoder do 44 % less work than with True, SAM's padding to the
+            model's square input (2.1x the frames/s on DAVIS, with the same J-mean within 0.01: see
+            docs/video.md).
         """
         if strategy not in STRATEGIES:
             raise PromptError(f"unknown propagation strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         self.predictor = predictor
         self.propagation = STRATEGIES[strategy]()
-        self.pad_to_square = None if pad_to_square is None else bool(pad_to_square)
+        self.pad_to_square = bool(pad_to_square)
         self.window = window
         self._cache_size = max(1, embedding_cache)
         self._source: FrameSource | None = None

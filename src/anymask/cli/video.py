@@ -59,10 +59,10 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     cmd.add_argument("--strategy", choices=("mask", "box"), default="mask",
                      help="propagation: mask (default; previous mask's box moved by its motion, with its logits, best "
                      "predicted IoU, loss detection) or box (naive baseline: the box of the previous mask only)")
-    cmd.add_argument("--unpadded", action="store_true",
-                     help="encode frames padded only to a multiple of 16 px instead of to the model's square input "
-                     "(default): about 2x the frames/s on 16:9 video, slightly different masks (DAVIS J-mean 0.747 "
-                     "instead of 0.793, see docs/video.md)")
+    cmd.add_argument("--padded", action="store_true",
+                     help="encode frames padded to the model's square input, as SAM does, instead of only to a "
+                     "multiple of 16 px (default): about half the frames/s on 16:9 video, about the same accuracy "
+                     "(see docs/video.md)")
     cmd.add_argument("--model", default="mobile_sam",
                      help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
     cmd.add_argument("--checkpoint", metavar="PATH", help="use this local checkpoint instead of the catalogue's")
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,
                        device=args.device, progress=not args.quiet)
     video = VideoPredictor(Predictor(model), strategy=args.strategy, window=args.window,
-                           pad_to_square=not args.unpadded)
+                           pad_to_square=args.padded)
     video.open(source)
     for g in groups:
         video.add_prompt(g["frame"], g["object"], points=g["coords"], labels=g["labels"], box=g["box"],
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         annotations.sort(key=lambda a: (a["frame"], a["object_id"]))
         record = {
             "video": str(args.video), "width": size[1], "height": size[0], "num_frames": video.num_frames,
-            "model": model.spec.name, "strategy": args.strategy, "pad_to_square": not args.unpadded,
+            "model": model.spec.name, "strategy": args.strategy, "pad_to_square": args.padded,
             "anymask_version": __version__,
             "objects": video.objects,
             "prompts": [{"frame": g["frame"], "object_id": g["object"],
