@@ -25,6 +25,7 @@ import math
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -358,14 +359,20 @@ class AutomaticMaskGenerator:
         orig_h, orig_w = orig_size
         cx0, cy0, cx1, cy1 = crop_box
         pad = (cx0, orig_w - cx1, cy0, orig_h - cy1)
+        direct = tuple(predictor.embedding.input_size) == tuple(predictor.embedding.original_size)
         for s in range(0, len(idx), self.upsample_chunk):
             part = idx[s:s + self.upsample_chunk]
-            full = _upscale(predictor, low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
-            stab = stability_score(full, threshold, self.stability_score_offset)
-            ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
-            masks = full[torch.from_numpy(ok)] > threshold
-            del full
-            box = masks_to_boxes_torch(masks).numpy()
+            if direct:  # one resize: only the region each mask can reach (same logits, see _upscale_region)
+                stab, masks, box = self._upsample_direct(low[part // n_out, part % n_out], threshold)
+                ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
+                masks, box = masks[torch.from_numpy(ok)], box[ok]
+            else:
+                full = _upscale(predictor, low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
+                stab = stability_score(full, threshold, self.stability_score_offset)
+                ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
+                masks = full[torch.from_numpy(ok)] > threshold
+                del full
+                box = masks_to_boxes_torch(masks).numpy()
             edge_ok = ~is_box_near_crop_edge(box, crop_box, [0, 0, orig_w, orig_h])
             masks, box = masks[torch.from_numpy(edge_ok)], box[edge_ok]
             t = self._tick("upsample", t)
@@ -392,6 +399,29 @@ class AutomaticMaskGenerator:
         if probe is None:
             return batch, None
         return batch, self._covered(chosen // n_out, iou[chosen], cover_rows, areas, len(probe))
+
+    def _upsample_direct(self, low: np.ndarray, threshold: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Full-resolution stability scores ``(n,)``, bool masks ``(n, h, w)`` and XYXY boxes ``(n, 4)`` of ``(n, lh, lw)``
+        low-res logits, when the model input is the image itself (one bilinear resize, no second one)."""
+        h, w = self.predictor.embedding.input_size
+        offset = self.stability_score_offset
+        factor = self.predictor.spec.image_size // low.shape[-1]
+        stabs = np.zeros(len(low), dtype=np.float32)
+        masks = np.zeros((len(low), h, w), dtype=bool)
+        boxes = np.zeros((len(low), 4), dtype=np.int64)
+        for i, logits in enumerate(low):
+            region = _upscale_region(logits, factor, threshold - offset, h, w)
+            if region is None:
+                continue
+            up, y0, x0 = region
+            n_low = np.count_nonzero(up > threshold - offset)
+            stabs[i] = np.count_nonzero(up > threshold + offset) / n_low if n_low else 0.0
+            mask = up > threshold
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if len(rows):
+                masks[i, y0:y0 + up.shape[0], x0:x0 + up.shape[1]] = mask
+                boxes[i] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1])
+        return torch.from_numpy(stabs), torch.from_numpy(masks), boxes
 
     def _covered(self, prompt: np.ndarray, iou: np.ndarray, cover_rows: list, areas: list, n_probe: int) -> np.ndarray:
         """Probe points to skip: those inside the *smallest* accepted mask of a prompt, when that mask is confident.
@@ -465,6 +495,31 @@ def _upscale(predictor: Predictor, low_res: torch.Tensor) -> torch.Tensor:
     size = predictor.spec.image_size
     h, w = emb.input_size
     return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)[..., :h, :w]
+
+
+def _upscale_region(logits: np.ndarray, factor: int, floor: float, height: int, width: int
+                    ) -> tuple[np.ndarray, int, int] | None:
+    """The bilinear ``factor``x upsampling of ``(lh, lw)`` logits, cropped to ``(height, width)``, computed only where
+    it can exceed ``floor``: ``(logits, y0, x0)`` of that window, or None when no logit exceeds ``floor``.
+
+    A bilinear value is a convex combination of its (up to) 2 x 2 source logits, so outside the low-res cells above
+    ``floor`` (plus a one-cell margin) every upsampled value is <= ``floor``. The window is resized with OpenCV
+    (half-pixel centres, edge replication, as ``F.interpolate(..., align_corners=False)``); an integer factor maps
+    window pixels onto the same source positions as the whole map, and the margin cells give the window's inner
+    pixels their true neighbours, so the values that matter equal the full resize's (float rounding aside).
+    """
+    above = logits > floor
+    rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+    if not len(rows):
+        return None
+    r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, logits.shape[0])
+    c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, logits.shape[1])
+    y0, x0 = factor * r0, factor * c0
+    if y0 >= height or x0 >= width:
+        return None
+    window = np.ascontiguousarray(logits[r0:r1, c0:c1], dtype=np.float32)
+    up = cv2.resize(window, (factor * (c1 - c0), factor * (r1 - r0)), interpolation=cv2.INTER_LINEAR)
+    return up[: height - y0, : width - x0], y0, x0
 
 
 def _take(data: dict, keep: np.ndarray) -> dict:
