@@ -43,7 +43,8 @@ PHOTOS = ("grabcut/images/106024.jpg", "davis2016_val/images/blackswan/00000.jpg
           "coco128_instances/images/000000000025.jpg", "grabcut/images/153077.jpg",
           "davis2016_val/images/camel/00000.jpg")
 ARGS: argparse.Namespace | None = None
-SYSTEMS = {"reference": {}, "anymask_plain": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True}}
+SYSTEMS = {"reference": {}, "anymask_plain": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True},
+           "anymask_int8": {"precision": "int8"}}
 
 
 def photo_1024(rel: str) -> np.ndarray:

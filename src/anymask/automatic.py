@@ -42,10 +42,11 @@ from .amg_utils import (
     masks_to_boxes_torch,
     rle_to_uncompressed,
 )
-from .errors import PromptError
+from .errors import ModelError, PromptError
 from .images import load_image
 from .masks import remove_small_regions, stability_score
 from .predictor import Predictor
+from .runtime import DECODER_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class AutomaticMaskGenerator:
         skip_iou_thresh: float = 0.95,
         upsample_chunk: int = 8,
         decode_chunk: int = 4,
+        precision: str = "fp32",
     ) -> None:
         """Args (SAM's, same meanings and defaults):
         model: a network from :func:`anymask.load_model` or a :class:`~anymask.Predictor`.
@@ -135,6 +137,8 @@ class AutomaticMaskGenerator:
         decode_chunk: prompts given to the mask decoder at once. The decoder's activations grow with it
             (its upscaling alone holds ``32 x 256 x 256`` floats, 8 MB, per prompt), so it bounds the peak memory;
             a batch of ``points_per_batch`` prompts is decoded in such chunks, then filtered together.
+        precision: ``"fp32"`` (exact), or ``"int8"``: the decoder's mask upscaling in int8 (onnx backends only;
+            faster, **changes results** slightly, see docs/everything.md for the measured agreement).
 
         Raises:
             PromptError: a parameter is out of range.
@@ -158,8 +162,11 @@ class AutomaticMaskGenerator:
             skip_iou_thresh=skip_iou_thresh,
             upsample_chunk=upsample_chunk,
             decode_chunk=decode_chunk,
+            precision=precision,
         )
         self.predictor = model if isinstance(model, Predictor) else Predictor(model)
+        if self.precision != "fp32" and self.predictor.backend == "torch":
+            raise ModelError(f"precision={self.precision!r} needs an onnx backend; the predictor's is 'torch'")
         #: counts and seconds per stage of the last :meth:`generate` call
         self.last_stats: dict[str, Any] = {}
 
@@ -198,6 +205,7 @@ class AutomaticMaskGenerator:
         skip_iou_thresh: Any,
         upsample_chunk: Any,
         decode_chunk: Any,
+        precision: Any,
     ) -> None:
         """Validate every option (no defaults here: they live in ``__init__``'s signature) and store it."""
         if (points_per_side is None) == (point_grids is None):
@@ -237,6 +245,9 @@ class AutomaticMaskGenerator:
         self.skip_iou_thresh = _check_range("skip_iou_thresh", skip_iou_thresh, 0, 1)
         self.upsample_chunk = _check_int("upsample_chunk", upsample_chunk, 1)
         self.decode_chunk = _check_int("decode_chunk", decode_chunk, 1)
+        if precision not in DECODER_PRECISIONS:
+            raise PromptError(f"precision must be one of {', '.join(DECODER_PRECISIONS)}, got {precision!r}")
+        self.precision = precision
 
     # -------------------------------------------------------------------------------------------- public
 
@@ -328,7 +339,8 @@ class AutomaticMaskGenerator:
         predictor, stats = self.predictor, self.last_stats
         threshold = float(predictor.model.mask_threshold)
         t = time.perf_counter()
-        parts = [predictor.predict_low_res(points=chunk[:, None, :], labels=np.ones((len(chunk), 1), np.int64))
+        parts = [predictor.predict_low_res(points=chunk[:, None, :], labels=np.ones((len(chunk), 1), np.int64),
+                                          precision=self.precision)
                  for chunk in np.array_split(points, math.ceil(len(points) / self.decode_chunk))]
         low = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
         scores = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
