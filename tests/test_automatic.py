@@ -367,14 +367,51 @@ def test_direct_upsampling_equals_the_full_resize(mobile_sam, predictor, size):
     low = low.reshape(-1, *low.shape[-2:])
     low[0] = -5.0  # a candidate with no pixel above threshold - offset
     generator = AutomaticMaskGenerator(p, points_per_side=4)
-    stab, masks, boxes = generator._upsample_direct(low, 0.0)
+    stab, windows, boxes = generator._upsample_direct(low, 0.0)
+    masks = np.zeros((len(low), *size), dtype=bool)
+    for mask, (window, y0, x0) in zip(masks, windows):
+        mask[y0:y0 + window.shape[0], x0:x0 + window.shape[1]] = window
     with torch.inference_mode():
         full = _upscale(p, torch.from_numpy(low)[:, None])[:, 0]
-        expected_masks = full > 0.0
-        assert torch.equal(masks, expected_masks)
-        assert torch.equal(stab, stability_score(full, 0.0, 1.0))
-        assert np.array_equal(boxes, masks_to_boxes_torch(expected_masks).numpy())
-    assert masks[1:].any(dim=(1, 2)).all() and not masks[0].any()
+        expected_masks = (full > 0.0).numpy()
+        assert np.array_equal(masks, expected_masks)
+        assert np.array_equal(stab, stability_score(full, 0.0, 1.0).numpy())
+        assert np.array_equal(boxes, masks_to_boxes_torch(full > 0.0).numpy())
+    assert masks[1:].any(axis=(1, 2)).all() and not masks[0].any()
+
+
+def test_rle_from_window_equals_encoding_the_whole_mask():
+    rng = np.random.default_rng(0)
+    for height, width in ((7, 5), (40, 30), (1, 1)):
+        for _ in range(100):
+            wh, ww = rng.integers(0, height + 1), rng.integers(0, width + 1)
+            top, left = rng.integers(0, height - wh + 1), rng.integers(0, width - ww + 1)
+            window = rng.random((wh, ww)) < rng.random()
+            full = np.zeros((height, width), dtype=bool)
+            full[top:top + wh, left:left + ww] = window
+            assert amg_utils.rle_from_window(window, top, left, height, width) == amg_utils.encode_rles(full[None])[0]
+    with pytest.raises(ValueError):
+        amg_utils.rle_from_window(np.ones((3, 3), bool), 5, 0, 6, 6)
+
+
+def test_window_upsampling_gives_the_same_records_at_1024_px(mobile_sam):
+    """On a real 1024 px photo (the astronaut, upscaled) the fast path and the full resizes give the same records,
+    with and without skipping covered points."""
+    image = np.asarray(Image.fromarray(ASTRONAUT).resize((1024, 768), Image.Resampling.BICUBIC))
+    from anymask.predictor import Predictor
+
+    generator = AutomaticMaskGenerator(Predictor(mobile_sam, backend="onnx"), points_per_side=4, points_per_batch=8,
+                                       output_mode="coco_rle", pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    embedding = generator.predictor.set_image(image)  # encoded once, reused by every run below
+    generator.predictor.set_image = lambda _image: generator.predictor.set_embedding(embedding)
+    fast = generator.generate(image)
+    generator._window_upsampling = False
+    slow = generator.generate(image)
+    assert len(fast) > 0 and fast == slow
+    generator.skip_covered_points = True
+    slow_skip = generator.generate(image)
+    generator._window_upsampling = True
+    assert generator.generate(image) == slow_skip
 
 
 def test_int8_precision_stays_close_to_float32(mobile_sam, predictor):

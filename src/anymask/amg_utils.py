@@ -24,6 +24,7 @@ __all__ = [
     "build_point_grid",
     "build_all_layer_point_grids",
     "coarse_to_fine_order",
+    "rle_from_window",
     "generate_crop_boxes",
     "box_iou_matrix",
     "box_nms",
@@ -185,6 +186,30 @@ def encode_rles(masks: np.ndarray) -> list[dict[str, Any]]:
         return []
     fortran = np.asfortranarray(np.moveaxis(np.asarray(masks, dtype=np.uint8), 0, -1))
     return mask_utils.encode(fortran)
+
+
+def rle_from_window(window: np.ndarray, top: int, left: int, height: int, width: int) -> dict[str, Any]:
+    """COCO compressed RLE (as :func:`encode_rles` gives) of a ``(height, width)`` mask that is empty outside the
+    bool ``window`` placed with its top-left pixel at row ``top``, column ``left``.
+
+    The runs are read off the window alone (column-major, background first), so a small mask in a large image
+    costs as little as its window.
+    """
+    window = np.asarray(window, dtype=bool)
+    wh, ww = window.shape
+    if not (0 <= top and top + wh <= height and 0 <= left and left + ww <= width):
+        raise ValueError(f"a {wh}x{ww} window at ({top}, {left}) does not fit a {height}x{width} mask")
+    columns = np.zeros((ww, wh + 2), dtype=np.int8)
+    columns[:, 1:-1] = window.T
+    change = np.flatnonzero(np.diff(columns, axis=1).ravel())  # a run starts or ends (column, row) of the window
+    col, row = np.divmod(change, wh + 1)
+    bounds = (left + col) * height + top + row
+    joined = np.flatnonzero(bounds[1:] == bounds[:-1])  # a run ending at a column's foot goes on at the next's head
+    bounds = np.delete(bounds, np.concatenate([joined, joined + 1]))
+    counts = np.diff(np.concatenate([[0], bounds, [height * width]])).astype(np.int64)
+    if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the last pixel: no closing background run
+        counts = counts[:-1]
+    return mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
 
 
 def decode_rle_bytes(rle: dict[str, Any]) -> np.ndarray:

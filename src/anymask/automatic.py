@@ -40,6 +40,7 @@ from .amg_utils import (
     generate_crop_boxes,
     is_box_near_crop_edge,
     masks_to_boxes_torch,
+    rle_from_window,
     rle_to_uncompressed,
 )
 from .errors import ModelError, PromptError
@@ -80,6 +81,10 @@ class AutomaticMaskGenerator:
         records = generator.generate("photo.jpg")
         # records[i]["segmentation"]: (H, W) bool; "bbox": XYWH; "predicted_iou", "stability_score", ...
     """
+
+    #: upsample each candidate only in its mask's window when the model input is the image itself (same
+    #: results; False forces the full resize, for tests and comparisons)
+    _window_upsampling = True
 
     def __init__(
         self,
@@ -371,20 +376,21 @@ class AutomaticMaskGenerator:
         orig_h, orig_w = orig_size
         cx0, cy0, cx1, cy1 = crop_box
         pad = (cx0, orig_w - cx1, cy0, orig_h - cy1)
-        direct = tuple(predictor.embedding.input_size) == tuple(predictor.embedding.original_size)
+        direct = self._window_upsampling and (
+            tuple(predictor.embedding.input_size) == tuple(predictor.embedding.original_size))
         for s in range(0, len(idx), self.upsample_chunk):
             part = idx[s:s + self.upsample_chunk]
-            if direct:  # one resize: only the region each mask can reach (same logits, see _upscale_region)
-                stab, masks, box = self._upsample_direct(low[part // n_out, part % n_out], threshold)
-                ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
-                masks, box = masks[torch.from_numpy(ok)], box[ok]
-            else:
-                full = _upscale(predictor, low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
-                stab = stability_score(full, threshold, self.stability_score_offset)
-                ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
-                masks = full[torch.from_numpy(ok)] > threshold
-                del full
-                box = masks_to_boxes_torch(masks).numpy()
+            if direct:  # one resize, only where each mask can reach; RLE from that window (same masks)
+                self._direct_chunk(low[part // n_out, part % n_out], part, threshold, crop_box, orig_size, probe,
+                                   rles, out_idx, boxes, stabs, cover_rows, areas)
+                t = self._tick("rle", t)
+                continue
+            full = _upscale(predictor, low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
+            stab = stability_score(full, threshold, self.stability_score_offset)
+            ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
+            masks = full[torch.from_numpy(ok)] > threshold
+            del full
+            box = masks_to_boxes_torch(masks).numpy()
             edge_ok = ~is_box_near_crop_edge(box, crop_box, [0, 0, orig_w, orig_h])
             masks, box = masks[torch.from_numpy(edge_ok)], box[edge_ok]
             t = self._tick("upsample", t)
@@ -412,14 +418,46 @@ class AutomaticMaskGenerator:
             return batch, None
         return batch, self._covered(chosen // n_out, iou[chosen], cover_rows, areas, len(probe))
 
-    def _upsample_direct(self, low: np.ndarray, threshold: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Full-resolution stability scores ``(n,)``, bool masks ``(n, h, w)`` and XYXY boxes ``(n, 4)`` of ``(n, lh, lw)``
-        low-res logits, when the model input is the image itself (one bilinear resize, no second one)."""
+    def _direct_chunk(self, low: np.ndarray, part: np.ndarray, threshold: float, crop_box: list[int],
+                      orig_size: tuple[int, int], probe: np.ndarray | None, rles: list, out_idx: list, boxes: list,
+                      stabs: list, cover_rows: list, areas: list) -> None:
+        """:meth:`_process_batch`'s upsampling of ``(n, lh, lw)`` candidates ``part`` when the model input is the
+        crop itself: stability, filters and RLE from each mask's window, appended to the given lists."""
+        t = time.perf_counter()
+        stab, windows, box = self._upsample_direct(low, threshold)
+        ok = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(part), bool)
+        ok &= ~is_box_near_crop_edge(box, crop_box, [0, 0, orig_size[1], orig_size[0]])
+        sel = np.flatnonzero(ok)
+        t = self._tick("upsample", t)
+        h, w = self.predictor.embedding.input_size
+        if probe is not None and len(sel):
+            px = np.clip(probe[:, 0].astype(np.int64), 0, w - 1)
+            py = np.clip(probe[:, 1].astype(np.int64), 0, h - 1)
+            rows = np.zeros((len(sel), len(probe)), dtype=bool)
+            for row, i in zip(rows, sel):
+                window, y0, x0 = windows[i]
+                inside = (py >= y0) & (py < y0 + window.shape[0]) & (px >= x0) & (px < x0 + window.shape[1])
+                row[inside] = window[py[inside] - y0, px[inside] - x0]
+            cover_rows.append(rows)
+            areas.append(np.array([np.count_nonzero(windows[i][0]) for i in sel], dtype=np.int64))
+        cx0, cy0 = crop_box[0], crop_box[1]
+        rles.extend(rle_from_window(windows[i][0], cy0 + windows[i][1], cx0 + windows[i][2], *orig_size) for i in sel)
+        out_idx.append(part[sel])
+        boxes.append(box[sel])
+        stabs.append(stab[sel])
+
+    def _upsample_direct(self, low: np.ndarray, threshold: float) -> tuple[np.ndarray, list, np.ndarray]:
+        """Full-resolution stability scores ``(n,)``, masks and XYXY boxes ``(n, 4)`` of ``(n, lh, lw)`` low-res
+        logits, when the model input is the image itself (one bilinear resize, no second one).
+
+        Each mask comes as ``(window, y0, x0)``: a bool window of the ``(h, w)`` input frame at row ``y0``, column
+        ``x0``, outside which the mask is empty (an empty ``(0, 0)`` window for an empty mask).
+        """
         h, w = self.predictor.embedding.input_size
         offset = self.stability_score_offset
         factor = self.predictor.spec.image_size // low.shape[-1]
         stabs = np.zeros(len(low), dtype=np.float32)
-        masks = np.zeros((len(low), h, w), dtype=bool)
+        windows: list = [(np.zeros((0, 0), dtype=bool), 0, 0)] * len(low)
         boxes = np.zeros((len(low), 4), dtype=np.int64)
         for i, logits in enumerate(low):
             region = _upscale_region(logits, factor, threshold - offset, h, w)
@@ -431,9 +469,9 @@ class AutomaticMaskGenerator:
             mask = up > threshold
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
             if len(rows):
-                masks[i, y0:y0 + up.shape[0], x0:x0 + up.shape[1]] = mask
+                windows[i] = (mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], y0 + int(rows[0]), x0 + int(cols[0]))
                 boxes[i] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1])
-        return torch.from_numpy(stabs), torch.from_numpy(masks), boxes
+        return stabs, windows, boxes
 
     def _covered(self, prompt: np.ndarray, iou: np.ndarray, cover_rows: list, areas: list, n_probe: int) -> np.ndarray:
         """Probe points to skip: those inside the *smallest* accepted mask of a prompt, when that mask is confident.
