@@ -19,15 +19,12 @@ skips grid points that already lie inside a mask accepted with predicted IoU >= 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import inspect
 import logging
 import math
 import time
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,7 +39,9 @@ from .amg_utils import (
     generate_crop_boxes,
     is_box_near_crop_edge,
     masks_to_boxes_torch,
+    release_free_memory,
     rle_from_window,
+    upscale_window,
     rle_to_uncompressed,
 )
 from .errors import ModelError, PromptError
@@ -464,7 +463,7 @@ class AutomaticMaskGenerator:
         windows: list = [(np.zeros((0, 0), dtype=bool), 0, 0)] * len(low)
         boxes = np.zeros((len(low), 4), dtype=np.int64)
         for i, logits in enumerate(low):
-            region = _upscale_region(logits, factor, threshold - offset, h, w)
+            region = upscale_window(logits, factor, threshold - offset, h, w)
             if region is None:
                 continue
             up, y0, x0 = region
@@ -537,27 +536,6 @@ class AutomaticMaskGenerator:
         return records
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    Freed memory otherwise stays in the process: after an image the heap keeps the encoder's and the decoder's
-    freed activations. Measured on the three 1024 px benchmark photos (8 x 8 points, one thread): resident memory
-    between images 1209 -> 903 MB; the peak, set by the encoder runs, only 1273 -> 1260 MB. A trim takes
-    milliseconds.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 def _upscale(predictor: Predictor, low_res: torch.Tensor) -> torch.Tensor:
     """``predictor.upscale``, without its second resize when that is the identity (same result, less work).
 
@@ -570,31 +548,6 @@ def _upscale(predictor: Predictor, low_res: torch.Tensor) -> torch.Tensor:
     size = predictor.spec.image_size
     h, w = emb.input_size
     return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)[..., :h, :w]
-
-
-def _upscale_region(logits: np.ndarray, factor: int, floor: float, height: int, width: int
-                    ) -> tuple[np.ndarray, int, int] | None:
-    """The bilinear ``factor``x upsampling of ``(lh, lw)`` logits, cropped to ``(height, width)``, computed only where
-    it can exceed ``floor``: ``(logits, y0, x0)`` of that window, or None when no logit exceeds ``floor``.
-
-    A bilinear value is a convex combination of its (up to) 2 x 2 source logits, so outside the low-res cells above
-    ``floor`` (plus a one-cell margin) every upsampled value is <= ``floor``. The window is resized with OpenCV
-    (half-pixel centres, edge replication, as ``F.interpolate(..., align_corners=False)``); an integer factor maps
-    window pixels onto the same source positions as the whole map, and the margin cells give the window's inner
-    pixels their true neighbours, so the values that matter equal the full resize's (float rounding aside).
-    """
-    above = logits > floor
-    rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
-    if not len(rows):
-        return None
-    r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, logits.shape[0])
-    c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, logits.shape[1])
-    y0, x0 = factor * r0, factor * c0
-    if y0 >= height or x0 >= width:
-        return None
-    window = np.ascontiguousarray(logits[r0:r1, c0:c1], dtype=np.float32)
-    up = cv2.resize(window, (factor * (c1 - c0), factor * (r1 - r0)), interpolation=cv2.INTER_LINEAR)
-    return up[: height - y0, : width - x0], y0, x0
 
 
 def _take(data: dict, keep: np.ndarray) -> dict:
