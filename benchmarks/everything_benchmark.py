@@ -10,8 +10,9 @@ subprocess, so that its peak RSS is its own. Measured, at SAM's default settings
 * recall of COCO128 ground-truth instances (best IoU >= 0.5, crowd regions left out) on ``--coco-images``
   images for anymask and the first ``--reference-coco-images`` of them for the reference.
 
-anymask runs twice: exact (no result-changing option) and with ``skip_covered_points``; ``anymask_plain`` is
-the exact run with the plain mask decoder (``fold=False``), to time the folded decoder (the default) against it.
+anymask runs exact (``anymask``: no result-changing option), with ``skip_covered_points`` (``anymask_skip``) and
+with the decoder's mask upscaling in int8 (``anymask_int8``); ``anymask_plain`` is the exact run with the plain mask
+decoder (``fold=False``), to time the folded decoder (the default) against it.
 
     flock /tmp/anymask-bench.lock python benchmarks/everything_benchmark.py --images 3 --coco-images 8 \
         --reference-coco-images 2
@@ -43,7 +44,8 @@ PHOTOS = ("grabcut/images/106024.jpg", "davis2016_val/images/blackswan/00000.jpg
           "coco128_instances/images/000000000025.jpg", "grabcut/images/153077.jpg",
           "davis2016_val/images/camel/00000.jpg")
 ARGS: argparse.Namespace | None = None
-SYSTEMS = {"reference": {}, "anymask_plain": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True}}
+SYSTEMS = {"reference": {}, "anymask_plain": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True},
+           "anymask_int8": {"precision": "int8"}}
 
 
 def photo_1024(rel: str) -> np.ndarray:
@@ -194,7 +196,8 @@ def main() -> None:
     parser.add_argument("--reference-coco-images", type=int, default=2, help="of those, how many for the reference")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--parallel", action="store_true",
-                        help="run the systems' workers at the same time (when the wall time is short)")
+                        help="run the baseline's worker (the reference) at the same time as the other systems' "
+                        "workers, which run one after another: two workers at a time, one per core with --threads 1")
     parser.add_argument("--reuse", default="", help="comma-separated systems whose worker output in --tmp from an "
                         "earlier run is reused instead of running them again")
     parser.add_argument("--points-per-side", type=int, default=32,
@@ -230,9 +233,13 @@ def main() -> None:
         results[s] = json.loads((tmp / f"everything_{s}.json").read_text())
     systems = [s for s in systems if s not in reused]
     subsets = {s: coco[: args.reference_coco_images] if s == "reference" else coco for s in systems}
-    if args.parallel:  # all workers at once: less wall time, noisier times (the longest runs alone at the end)
-        running = {s: start_worker(s, photos, subsets[s], tmp) for s in systems}
-        results.update({s: finish_worker(*running[s]) for s in systems})
+    if args.parallel:  # two lanes: the baseline's worker beside the others, which run one after another
+        lane = [s for s in systems if s == args.baseline][:1]
+        running = {s: start_worker(s, photos, subsets[s], tmp) for s in lane}
+        for s in systems:
+            if s not in lane:
+                results[s] = finish_worker(*start_worker(s, photos, subsets[s], tmp))
+        results.update({s: finish_worker(*running[s]) for s in lane})
     else:
         for s in systems:
             results[s] = finish_worker(*start_worker(s, photos, subsets[s], tmp))
@@ -299,8 +306,9 @@ def to_markdown(report: dict) -> str:
         f"CPUs, load average before/after {tuple(round(v, 1) for v in m.get('loadavg_before', ()))} / "
         f"{tuple(round(v, 1) for v in m.get('loadavg_after', ()))} (a shared machine: absolute times are noisy, "
         "ratios come from the same run)."
-        + (" Workers ran at the same time (`--parallel`): the reference, the longest, ran alone at its end, which"
-           " favours it." if report.get("parallel") else "")
+        + (" With `--parallel` the baseline's worker ran beside the other systems' workers, which ran one after"
+           " another (two workers at a time); the baseline, the longest, ran alone at its end, which favours it."
+           if report.get("parallel") else "")
         + (f" Worker results of `{report['reused']}` were reused from an earlier run of the same command (their"
            " own times and load)." if report.get("reused") else "")
         + (f" {report['note']}" if report.get("note") else ""),

@@ -142,6 +142,7 @@ def test_mask_boxes_edges_and_uncompressed_rle_match_segment_anything():
     {"points_per_side": None, "point_grids": [np.full((3, 2), 0.5)], "crop_n_layers": 1},
     {"points_per_side": 2, "crop_n_layers": 2, "crop_n_points_downscale_factor": 2},
     {"min_mask_region_area": -5}, {"output_mode": "polygons"}, {"pred_iou_thresh": float("nan")},
+    {"precision": "fp16"},
 ])
 def test_parameters_out_of_range_raise_a_clear_error(options):
     with pytest.raises(PromptError) as info:
@@ -348,3 +349,91 @@ def test_upscale_shortcut_equals_the_predictor_upscale(mobile_sam):
         p.set_embedding(ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), original, input_size, "mobile_sam"))
         with torch.inference_mode():
             assert torch.equal(_upscale(p, low), p.upscale(low))
+
+
+@pytest.mark.parametrize("size", [(1024, 1024), (1024, 768)])
+def test_direct_upsampling_equals_the_full_resize(mobile_sam, predictor, size):
+    """The window-only upsampling of a 1024 px image gives SAM's full-resize stability, masks and boxes exactly."""
+    from anymask.amg_utils import masks_to_boxes_torch
+    from anymask.automatic import _upscale
+    from anymask.masks import stability_score
+    from anymask.predictor import ImageEmbedding, Predictor
+
+    p = Predictor(mobile_sam)
+    features = predictor.embedding.features  # the astronaut's real embedding, given a 1024 px frame
+    p.set_embedding(ImageEmbedding(features, size, size, "mobile_sam"))
+    points = np.array([[100, 100], [300, 200], [500, 700], [700, 400], [900, 900]]) * [size[1] / 1024, size[0] / 1024]
+    low, _ = p.predict_low_res(points=points[:, None], labels=np.ones((len(points), 1), np.int64))
+    low = low.reshape(-1, *low.shape[-2:])
+    low[0] = -5.0  # a candidate with no pixel above threshold - offset
+    generator = AutomaticMaskGenerator(p, points_per_side=4)
+    stab, windows, boxes = generator._upsample_direct(low, 0.0)
+    masks = np.zeros((len(low), *size), dtype=bool)
+    for mask, (window, y0, x0) in zip(masks, windows):
+        mask[y0:y0 + window.shape[0], x0:x0 + window.shape[1]] = window
+    with torch.inference_mode():
+        full = _upscale(p, torch.from_numpy(low)[:, None])[:, 0]
+        expected_masks = (full > 0.0).numpy()
+        assert np.array_equal(masks, expected_masks)
+        assert np.array_equal(stab, stability_score(full, 0.0, 1.0).numpy())
+        assert np.array_equal(boxes, masks_to_boxes_torch(full > 0.0).numpy())
+    assert masks[1:].any(axis=(1, 2)).all() and not masks[0].any()
+
+
+def test_rle_from_window_equals_encoding_the_whole_mask():
+    rng = np.random.default_rng(0)
+    for height, width in ((7, 5), (40, 30), (1, 1)):
+        for _ in range(100):
+            wh, ww = rng.integers(0, height + 1), rng.integers(0, width + 1)
+            top, left = rng.integers(0, height - wh + 1), rng.integers(0, width - ww + 1)
+            window = rng.random((wh, ww)) < rng.random()
+            full = np.zeros((height, width), dtype=bool)
+            full[top:top + wh, left:left + ww] = window
+            assert amg_utils.rle_from_window(window, top, left, height, width) == amg_utils.encode_rles(full[None])[0]
+    with pytest.raises(ValueError):
+        amg_utils.rle_from_window(np.ones((3, 3), bool), 5, 0, 6, 6)
+
+
+def test_window_upsampling_gives_the_same_records_at_1024_px(mobile_sam):
+    """On a real 1024 px photo (the astronaut, upscaled) the fast path and the full resizes give the same records,
+    with and without skipping covered points."""
+    image = np.asarray(Image.fromarray(ASTRONAUT).resize((1024, 768), Image.Resampling.BICUBIC))
+    from anymask.predictor import Predictor
+
+    generator = AutomaticMaskGenerator(Predictor(mobile_sam, backend="onnx"), points_per_side=4, points_per_batch=8,
+                                       output_mode="coco_rle", pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    embedding = generator.predictor.set_image(image)  # encoded once, reused by every run below
+    generator.predictor.set_image = lambda _image: generator.predictor.set_embedding(embedding)
+    fast = generator.generate(image)
+    generator._window_upsampling = False
+    slow = generator.generate(image)
+    assert len(fast) > 0 and fast == slow
+    generator.skip_covered_points = True
+    slow_skip = generator.generate(image)
+    generator._window_upsampling = True
+    assert generator.generate(image) == slow_skip
+
+
+def test_int8_precision_stays_close_to_float32(mobile_sam, predictor):
+    """The decoder with its upscaling in int8 gives nearly the float32 masks and scores (real photo, real model)."""
+    from anymask.predictor import Predictor
+
+    onnx = Predictor(mobile_sam, backend="onnx")
+    onnx.set_embedding(predictor.embedding)
+    points = np.array([[[120, 60]], [[250, 250]], [[400, 420]], [[60, 400]]], dtype=np.float64)
+    labels = np.ones((4, 1), np.int64)
+    low32, iou32 = onnx.predict_low_res(points=points, labels=labels)
+    low8, iou8 = onnx.predict_low_res(points=points, labels=labels, precision="int8")
+    assert not np.array_equal(low8, low32)  # it is another computation
+    inter = ((low8 > 0) & (low32 > 0)).sum(axis=(-2, -1))
+    union = ((low8 > 0) | (low32 > 0)).sum(axis=(-2, -1))
+    assert (inter / np.maximum(union, 1)).min() >= 0.9
+    assert np.abs(iou8 - iou32).max() <= 0.05
+
+
+def test_int8_precision_needs_an_onnx_backend(mobile_sam):
+    from anymask.errors import ModelError
+    from anymask.predictor import Predictor
+
+    with pytest.raises(ModelError, match="onnx"):
+        AutomaticMaskGenerator(Predictor(mobile_sam, backend="torch"), points_per_side=4, precision="int8")

@@ -6,16 +6,20 @@ box areas and IoUs are computed on the coordinates as given (``(x1 - x0) * (y1 -
 (torchvision's) does, so that the same masks survive.
 
 Everything here mirrors ``segment_anything.utils.amg`` in meaning; NMS is vectorised in torch and needs no
-torchvision.
+torchvision. The generator's fast paths live here too: :func:`upscale_window` (a low-res mask upsampled only
+where it can be on), :func:`rle_from_window` and :func:`release_free_memory`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import warnings
 from itertools import product
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
@@ -24,6 +28,9 @@ __all__ = [
     "build_point_grid",
     "build_all_layer_point_grids",
     "coarse_to_fine_order",
+    "rle_from_window",
+    "release_free_memory",
+    "upscale_window",
     "generate_crop_boxes",
     "box_iou_matrix",
     "box_nms",
@@ -187,6 +194,30 @@ def encode_rles(masks: np.ndarray) -> list[dict[str, Any]]:
     return mask_utils.encode(fortran)
 
 
+def rle_from_window(window: np.ndarray, top: int, left: int, height: int, width: int) -> dict[str, Any]:
+    """COCO compressed RLE (as :func:`encode_rles` gives) of a ``(height, width)`` mask that is empty outside the
+    bool ``window`` placed with its top-left pixel at row ``top``, column ``left``.
+
+    The runs are read off the window alone (column-major, background first), so a small mask in a large image
+    costs as little as its window.
+    """
+    window = np.asarray(window, dtype=bool)
+    wh, ww = window.shape
+    if not (0 <= top and top + wh <= height and 0 <= left and left + ww <= width):
+        raise ValueError(f"a {wh}x{ww} window at ({top}, {left}) does not fit a {height}x{width} mask")
+    columns = np.zeros((ww, wh + 2), dtype=np.int8)
+    columns[:, 1:-1] = window.T
+    change = np.flatnonzero(np.diff(columns, axis=1).ravel())  # a run starts or ends (column, row) of the window
+    col, row = np.divmod(change, wh + 1)
+    bounds = (left + col) * height + top + row
+    joined = np.flatnonzero(bounds[1:] == bounds[:-1])  # a run ending at a column's foot goes on at the next's head
+    bounds = np.delete(bounds, np.concatenate([joined, joined + 1]))
+    counts = np.diff(np.concatenate([[0], bounds, [height * width]])).astype(np.int64)
+    if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the last pixel: no closing background run
+        counts = counts[:-1]
+    return mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+
+
 def decode_rle_bytes(rle: dict[str, Any]) -> np.ndarray:
     """``(H, W) bool`` mask of a pycocotools RLE (``counts`` as bytes), as :func:`encode_rles` gives."""
     with warnings.catch_warnings():
@@ -207,3 +238,52 @@ def rle_to_uncompressed(rle: dict[str, Any]) -> dict[str, Any]:
     if flat[0] == 1:
         counts = [0] + counts
     return {"size": [height, width], "counts": counts}
+
+
+# ------------------------------------------------------------------------------- upsampling, memory
+
+
+def upscale_window(logits: np.ndarray, factor: int, floor: float, height: int, width: int
+                    ) -> tuple[np.ndarray, int, int] | None:
+    """The bilinear ``factor``x upsampling of ``(lh, lw)`` logits, cropped to ``(height, width)``, computed only where
+    it can exceed ``floor``: ``(logits, y0, x0)`` of that window, or None when no logit exceeds ``floor``.
+
+    A bilinear value is a convex combination of its (up to) 2 x 2 source logits, so outside the low-res cells above
+    ``floor`` (plus a one-cell margin) every upsampled value is <= ``floor``. The window is resized with OpenCV
+    (half-pixel centres, edge replication, as ``F.interpolate(..., align_corners=False)``); an integer factor maps
+    window pixels onto the same source positions as the whole map, and the margin cells give the window's inner
+    pixels their true neighbours, so the values that matter equal the full resize's (float rounding aside).
+    """
+    above = logits > floor
+    rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+    if not len(rows):
+        return None
+    r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, logits.shape[0])
+    c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, logits.shape[1])
+    y0, x0 = factor * r0, factor * c0
+    if y0 >= height or x0 >= width:
+        return None
+    window = np.ascontiguousarray(logits[r0:r1, c0:c1], dtype=np.float32)
+    up = cv2.resize(window, (factor * (c1 - c0), factor * (r1 - r0)), interpolation=cv2.INTER_LINEAR)
+    return up[: height - y0, : width - x0], y0, x0
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Freed memory otherwise stays in the process: after an image the heap keeps the encoder's and the decoder's
+    freed activations. Measured on the three 1024 px benchmark photos (8 x 8 points, one thread): resident memory
+    between images 1209 -> 903 MB; the peak, set by the encoder runs, only 1273 -> 1260 MB. A trim takes
+    milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -39,12 +39,16 @@ from .amg_utils import (
     generate_crop_boxes,
     is_box_near_crop_edge,
     masks_to_boxes_torch,
+    release_free_memory,
+    rle_from_window,
+    upscale_window,
     rle_to_uncompressed,
 )
-from .errors import PromptError
+from .errors import ModelError, PromptError
 from .images import load_image
 from .masks import remove_small_regions, stability_score
 from .predictor import Predictor
+from .runtime import DECODER_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,10 @@ class AutomaticMaskGenerator:
         # records[i]["segmentation"]: (H, W) bool; "bbox": XYWH; "predicted_iou", "stability_score", ...
     """
 
+    #: upsample each candidate only in its mask's window when the model input is the image itself (same
+    #: results; False forces the full resize, for tests and comparisons)
+    _window_upsampling = True
+
     def __init__(
         self,
         model: Any,
@@ -101,6 +109,7 @@ class AutomaticMaskGenerator:
         skip_iou_thresh: float = 0.95,
         upsample_chunk: int = 8,
         decode_chunk: int = 4,
+        precision: str = "fp32",
     ) -> None:
         """Args (SAM's, same meanings and defaults):
         model: a network from :func:`anymask.load_model` or a :class:`~anymask.Predictor`.
@@ -134,6 +143,8 @@ class AutomaticMaskGenerator:
         decode_chunk: prompts given to the mask decoder at once. The decoder's activations grow with it
             (its upscaling alone holds ``32 x 256 x 256`` floats, 8 MB, per prompt), so it bounds the peak memory;
             a batch of ``points_per_batch`` prompts is decoded in such chunks, then filtered together.
+        precision: ``"fp32"`` (exact), or ``"int8"``: the decoder's mask upscaling in int8 (onnx backends only;
+            faster, **changes results** slightly, see docs/everything.md for the measured agreement).
 
         Raises:
             PromptError: a parameter is out of range.
@@ -157,8 +168,11 @@ class AutomaticMaskGenerator:
             skip_iou_thresh=skip_iou_thresh,
             upsample_chunk=upsample_chunk,
             decode_chunk=decode_chunk,
+            precision=precision,
         )
         self.predictor = model if isinstance(model, Predictor) else Predictor(model)
+        if self.precision != "fp32" and self.predictor.backend == "torch":
+            raise ModelError(f"precision={self.precision!r} needs an onnx backend; the predictor's is 'torch'")
         #: counts and seconds per stage of the last :meth:`generate` call
         self.last_stats: dict[str, Any] = {}
 
@@ -197,6 +211,7 @@ class AutomaticMaskGenerator:
         skip_iou_thresh: Any,
         upsample_chunk: Any,
         decode_chunk: Any,
+        precision: Any,
     ) -> None:
         """Validate every option (no defaults here: they live in ``__init__``'s signature) and store it."""
         if (points_per_side is None) == (point_grids is None):
@@ -236,6 +251,9 @@ class AutomaticMaskGenerator:
         self.skip_iou_thresh = _check_range("skip_iou_thresh", skip_iou_thresh, 0, 1)
         self.upsample_chunk = _check_int("upsample_chunk", upsample_chunk, 1)
         self.decode_chunk = _check_int("decode_chunk", decode_chunk, 1)
+        if precision not in DECODER_PRECISIONS:
+            raise PromptError(f"precision must be one of {', '.join(DECODER_PRECISIONS)}, got {precision!r}")
+        self.precision = precision
 
     # -------------------------------------------------------------------------------------------- public
 
@@ -274,6 +292,7 @@ class AutomaticMaskGenerator:
         records = self._records(data)
         self.last_stats["masks"] = len(records)
         self.last_stats["total"] = time.perf_counter() - start
+        release_free_memory()
         return records
 
     # ------------------------------------------------------------------------------------------ pipeline
@@ -286,6 +305,7 @@ class AutomaticMaskGenerator:
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, orig_size: tuple[int, int]) -> dict:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
+        release_free_memory()  # the encoder's activations then start from the live memory, not a high-water mark
         t = time.perf_counter()
         self.predictor.set_image(crop)
         self._tick("encoder", t)
@@ -327,7 +347,8 @@ class AutomaticMaskGenerator:
         predictor, stats = self.predictor, self.last_stats
         threshold = float(predictor.model.mask_threshold)
         t = time.perf_counter()
-        parts = [predictor.predict_low_res(points=chunk[:, None, :], labels=np.ones((len(chunk), 1), np.int64))
+        parts = [predictor.predict_low_res(points=chunk[:, None, :], labels=np.ones((len(chunk), 1), np.int64),
+                                          precision=self.precision)
                  for chunk in np.array_split(points, math.ceil(len(points) / self.decode_chunk))]
         low = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
         scores = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
@@ -358,8 +379,15 @@ class AutomaticMaskGenerator:
         orig_h, orig_w = orig_size
         cx0, cy0, cx1, cy1 = crop_box
         pad = (cx0, orig_w - cx1, cy0, orig_h - cy1)
+        direct = self._window_upsampling and (
+            tuple(predictor.embedding.input_size) == tuple(predictor.embedding.original_size))
         for s in range(0, len(idx), self.upsample_chunk):
             part = idx[s:s + self.upsample_chunk]
+            if direct:  # one resize, only where each mask can reach; RLE from that window (same masks)
+                self._direct_chunk(low[part // n_out, part % n_out], part, threshold, crop_box, orig_size, probe,
+                                   rles, out_idx, boxes, stabs, cover_rows, areas)
+                t = self._tick("rle", t)
+                continue
             full = _upscale(predictor, low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
             stab = stability_score(full, threshold, self.stability_score_offset)
             ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
@@ -392,6 +420,61 @@ class AutomaticMaskGenerator:
         if probe is None:
             return batch, None
         return batch, self._covered(chosen // n_out, iou[chosen], cover_rows, areas, len(probe))
+
+    def _direct_chunk(self, low: np.ndarray, part: np.ndarray, threshold: float, crop_box: list[int],
+                      orig_size: tuple[int, int], probe: np.ndarray | None, rles: list, out_idx: list, boxes: list,
+                      stabs: list, cover_rows: list, areas: list) -> None:
+        """:meth:`_process_batch`'s upsampling of ``(n, lh, lw)`` candidates ``part`` when the model input is the
+        crop itself: stability, filters and RLE from each mask's window, appended to the given lists."""
+        t = time.perf_counter()
+        stab, windows, box = self._upsample_direct(low, threshold)
+        ok = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else np.ones(len(part), bool)
+        ok &= ~is_box_near_crop_edge(box, crop_box, [0, 0, orig_size[1], orig_size[0]])
+        sel = np.flatnonzero(ok)
+        t = self._tick("upsample", t)
+        h, w = self.predictor.embedding.input_size
+        if probe is not None and len(sel):
+            px = np.clip(probe[:, 0].astype(np.int64), 0, w - 1)
+            py = np.clip(probe[:, 1].astype(np.int64), 0, h - 1)
+            rows = np.zeros((len(sel), len(probe)), dtype=bool)
+            for row, i in zip(rows, sel):
+                window, y0, x0 = windows[i]
+                inside = (py >= y0) & (py < y0 + window.shape[0]) & (px >= x0) & (px < x0 + window.shape[1])
+                row[inside] = window[py[inside] - y0, px[inside] - x0]
+            cover_rows.append(rows)
+            areas.append(np.array([np.count_nonzero(windows[i][0]) for i in sel], dtype=np.int64))
+        cx0, cy0 = crop_box[0], crop_box[1]
+        rles.extend(rle_from_window(windows[i][0], cy0 + windows[i][1], cx0 + windows[i][2], *orig_size) for i in sel)
+        out_idx.append(part[sel])
+        boxes.append(box[sel])
+        stabs.append(stab[sel])
+
+    def _upsample_direct(self, low: np.ndarray, threshold: float) -> tuple[np.ndarray, list, np.ndarray]:
+        """Full-resolution stability scores ``(n,)``, masks and XYXY boxes ``(n, 4)`` of ``(n, lh, lw)`` low-res
+        logits, when the model input is the image itself (one bilinear resize, no second one).
+
+        Each mask comes as ``(window, y0, x0)``: a bool window of the ``(h, w)`` input frame at row ``y0``, column
+        ``x0``, outside which the mask is empty (an empty ``(0, 0)`` window for an empty mask).
+        """
+        h, w = self.predictor.embedding.input_size
+        offset = self.stability_score_offset
+        factor = self.predictor.spec.image_size // low.shape[-1]
+        stabs = np.zeros(len(low), dtype=np.float32)
+        windows: list = [(np.zeros((0, 0), dtype=bool), 0, 0)] * len(low)
+        boxes = np.zeros((len(low), 4), dtype=np.int64)
+        for i, logits in enumerate(low):
+            region = upscale_window(logits, factor, threshold - offset, h, w)
+            if region is None:
+                continue
+            up, y0, x0 = region
+            n_low = np.count_nonzero(up > threshold - offset)
+            stabs[i] = np.count_nonzero(up > threshold + offset) / n_low if n_low else 0.0
+            mask = up > threshold
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if len(rows):
+                windows[i] = (mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], y0 + int(rows[0]), x0 + int(cols[0]))
+                boxes[i] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1])
+        return stabs, windows, boxes
 
     def _covered(self, prompt: np.ndarray, iou: np.ndarray, cover_rows: list, areas: list, n_probe: int) -> np.ndarray:
         """Probe points to skip: those inside the *smallest* accepted mask of a prompt, when that mask is confident.

@@ -375,12 +375,14 @@ class Predictor:
         box: Any = None,
         mask_input: Any = None,
         multimask: bool = True,
+        precision: str = "fp32",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode prompts to low-resolution logits only, without upsampling to the image size.
 
         This is the fast path for code that decides *which* masks it wants before paying for full-resolution
         masks (the automatic mask generator, interactive sessions, video propagation). Arguments are those of
-        :meth:`predict`.
+        :meth:`predict`, and ``precision``: ``"fp32"`` (exact), or ``"int8"`` for the mask upscaling in int8
+        (onnx backends, prompts without ``mask_input``; faster, masks close to but not identical to float32's).
 
         Returns:
             ``(low_res_logits, scores)``, always batch-first: ``(B, C, 256, 256)`` float32 logits in the frame
@@ -390,7 +392,10 @@ class Predictor:
         """
         prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size,
                                 low_res_size=self.low_res_size)
-        low_res, scores = self._decode_low_res(prompts, multimask)
+        if precision != "fp32" and (self._runner is None or prompts.mask_input is not None):
+            raise ModelError(f"precision {precision!r} needs an onnx backend (this predictor's is {self.backend!r}) "
+                             "and prompts without mask_input")
+        low_res, scores = self._decode_low_res(prompts, multimask, precision)
         return low_res.float().cpu().numpy(), scores.float().cpu().numpy()
 
     @torch.inference_mode()
@@ -425,7 +430,8 @@ class Predictor:
         return cv2.resize(full, (width, height), interpolation=cv2.INTER_LINEAR)
 
     @torch.inference_mode()
-    def _decode_low_res(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_low_res(self, prompts: Prompts, multimask: bool, precision: str = "fp32"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores.
 
         Large batches are decoded :data:`DECODE_CHUNK` prompts at a time: the decoder holds a
@@ -434,11 +440,11 @@ class Predictor:
         """
         batch = len(next(a for a in (prompts.points, prompts.boxes, prompts.mask_input) if a is not None))
         if batch > DECODE_CHUNK:
-            parts = [self._decode_low_res(_prompt_slice(prompts, start, start + DECODE_CHUNK), multimask)
+            parts = [self._decode_low_res(_prompt_slice(prompts, start, start + DECODE_CHUNK), multimask, precision)
                      for start in range(0, batch, DECODE_CHUNK)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         if self._runner is not None and (prompts.points is not None or prompts.boxes is not None):
-            return self._decode_low_res_onnx(prompts, multimask)
+            return self._decode_low_res_onnx(prompts, multimask, precision)
         device, dtype = self.device, self._features.dtype
         scale = self._scale()
         points_t = boxes_t = masks_t = None
@@ -462,7 +468,8 @@ class Predictor:
             multimask_output=multimask,
         )
 
-    def _decode_low_res_onnx(self, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_low_res_onnx(self, prompts: Prompts, multimask: bool, precision: str = "fp32"
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_decode_low_res` in onnxruntime: prompts as the decoder graph takes them (original pixels,
         box corners labelled 2 and 3, one padding point labelled -1 when there is no box)."""
         batch = len(prompts.points if prompts.points is not None else prompts.boxes)
@@ -478,7 +485,7 @@ class Predictor:
             labels.append(-np.ones((batch, 1), dtype=np.float32))
         low_res, iou = self._runner.decode(
             self._features.numpy(), np.concatenate(coords, axis=1), np.concatenate(labels, axis=1),
-            prompts.mask_input, self.embedding.original_size,
+            prompts.mask_input, self.embedding.original_size, precision,
         )
         selected = slice(1, None) if multimask else slice(0, 1)
         return torch.from_numpy(low_res[:, selected]), torch.from_numpy(iou[:, selected])

@@ -94,6 +94,9 @@ def add_generator_arguments(parser: argparse.ArgumentParser, points_per_side: in
     g.add_argument("--skip-iou-thresh", type=float, default=0.95, metavar="T",
                    help="predicted IoU a mask needs to make --skip-covered-points skip the points it covers "
                    "(default 0.95)")
+    g.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32 (default, exact) or int8: the mask decoder's upscaling in int8 (onnx backend; faster, "
+                   "changes results slightly, see docs/everything.md)")
 
 
 def generator_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -107,7 +110,14 @@ def generator_options(args: argparse.Namespace) -> dict[str, Any]:
         crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
         min_mask_region_area=args.min_mask_region_area, output_mode="coco_rle",
         skip_covered_points=args.skip_covered_points, skip_iou_thresh=args.skip_iou_thresh,
-    )
+    ) | precision_option(args)
+
+
+def precision_option(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"precision": ...}`` when not the default ``fp32``: records written before the option existed, with
+    default settings, stay complete for resumption."""
+    precision = getattr(args, "precision", "fp32")
+    return {} if precision == "fp32" else {"precision": precision}
 
 
 def list_images(source: Path) -> list[Path]:
