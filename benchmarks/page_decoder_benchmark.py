@@ -71,19 +71,16 @@ def upsample(low: np.ndarray, input_size: tuple[int, int], size: tuple[int, int]
 
 
 #: MatMul nodes of the mask upscaling (the two transposed convolutions as products: 268M and 134M MACs)
-UPSCALING_MATMULS = ["/MatMul_1", "/MatMul_2"]
-
-
 def candidate_graphs(no_mask: Path, work: Path) -> dict[str, Path]:
     """The graphs measured: the page's (``no_mask``: float32, no mask input) and two int8 variants of it, with
     one scale per tensor (onnxruntime-web 1.30 rejects per-channel ``MatMulIntegerToFloat``): every weight
     MatMul, or the two upscaling MatMuls only."""
-    from anymask.export import quantize_int8
+    from anymask.export import quantize_int8, quantize_upscaling_int8
 
     work.mkdir(parents=True, exist_ok=True)
     int8, upscaling = work / "decoder_int8.onnx", work / "decoder_int8_upscaling.onnx"
     quantize_int8(no_mask, int8, per_channel=False)
-    quantize_int8(no_mask, upscaling, per_channel=False, only=UPSCALING_MATMULS)
+    quantize_upscaling_int8(no_mask, upscaling, per_channel=False)
     return {"float32, no mask input (the page's)": no_mask, "int8, every weight MatMul": int8,
             "int8, the 2 upscaling MatMuls": upscaling}
 
