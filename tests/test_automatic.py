@@ -37,14 +37,14 @@ def _patch_astronaut(mp: pytest.MonkeyPatch, embedding, model) -> dict:
     real_set_image = Predictor.set_image
     calls = {"encoder": 0, "reused": 0}
 
-    def set_image(self, image):
+    def set_image(self, image, pad_to_square=None):
         rgb = load_image(image)
         if rgb.shape == ASTRONAUT.shape and np.array_equal(rgb, ASTRONAUT):
             calls["reused"] += 1
             self.set_embedding(embedding)
             return embedding
         calls["encoder"] += 1
-        return real_set_image(self, image)
+        return real_set_image(self, image, pad_to_square=pad_to_square)
 
     mp.setattr(Predictor, "set_image", set_image)
     mp.setattr(models, "load_model", lambda *a, **k: model)
@@ -437,3 +437,18 @@ def test_int8_precision_needs_an_onnx_backend(mobile_sam):
 
     with pytest.raises(ModelError, match="onnx"):
         AutomaticMaskGenerator(Predictor(mobile_sam, backend="torch"), points_per_side=4, precision="int8")
+
+
+def test_generator_pads_to_the_square_even_with_an_unpadded_predictor(mobile_sam):
+    """A predictor made with ``pad_to_square=False`` (the video speed option) still gives SAM's padded geometry
+    to the generator: the same records as the default predictor on a non-square real photo."""
+    from anymask import Predictor
+
+    wide = np.ascontiguousarray(ASTRONAUT[:288])  # 512 x 288: unpadded, its embedding would be 64 x 36
+    unpadded = Predictor(mobile_sam, pad_to_square=False)
+    records = AutomaticMaskGenerator(unpadded, points_per_side=4).generate(wide)
+    expected = AutomaticMaskGenerator(Predictor(mobile_sam), points_per_side=4).generate(wide)
+    assert records and len(records) == len(expected)
+    for got, want in zip(records, expected):
+        assert np.array_equal(got["segmentation"], want["segmentation"])
+        assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-5)

@@ -47,14 +47,14 @@ def reuse_embedding(monkeypatch, predictor):
     real_set_image = Predictor.set_image
     calls = {"encoder": 0, "reused": 0}
 
-    def set_image(self, image):
+    def set_image(self, image, pad_to_square=None):
         rgb = load_image(image)
         if self.spec.name == "mobile_sam" and np.array_equal(rgb, astronaut):
             calls["reused"] += 1
             self.set_embedding(predictor.embedding)
             return predictor.embedding
         calls["encoder"] += 1
-        return real_set_image(self, image)
+        return real_set_image(self, image, pad_to_square=pad_to_square)
 
     monkeypatch.setattr(Predictor, "set_image", set_image)
     return calls

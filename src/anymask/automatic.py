@@ -307,7 +307,8 @@ class AutomaticMaskGenerator:
         crop = image[y0:y1, x0:x1]
         release_free_memory()  # the encoder's activations then start from the live memory, not a high-water mark
         t = time.perf_counter()
-        self.predictor.set_image(crop)
+        # SAM's square padding whatever the predictor's own setting: the grid and filters assume 256 x 256 logits
+        self.predictor.set_image(crop, pad_to_square=True)
         self._tick("encoder", t)
         points = self.point_grids[layer] * np.array(crop.shape[:2])[None, ::-1]
         order = coarse_to_fine_order(len(points)) if self.skip_covered_points else np.arange(len(points))
