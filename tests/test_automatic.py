@@ -403,7 +403,7 @@ def test_window_upsampling_gives_the_same_records_at_1024_px(mobile_sam):
     generator = AutomaticMaskGenerator(Predictor(mobile_sam, backend="onnx"), points_per_side=4, points_per_batch=8,
                                        output_mode="coco_rle", pred_iou_thresh=0.8, stability_score_thresh=0.9)
     embedding = generator.predictor.set_image(image)  # encoded once, reused by every run below
-    generator.predictor.set_image = lambda _image: generator.predictor.set_embedding(embedding)
+    generator.predictor.set_image = lambda _image, pad_to_square=None: generator.predictor.set_embedding(embedding)
     fast = generator.generate(image)
     generator._window_upsampling = False
     slow = generator.generate(image)
