@@ -370,3 +370,11 @@ def test_prompt_errors_are_found_before_the_model_is_loaded(tmp_path, capsys, mo
     rc = cli.main(["segment", str(EXAMPLE_IMAGE), *prompt, "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.splitlines()
     assert rc == PromptError.exit_code and len(err) == 1 and err[0].startswith("anymask: error:")
+
+
+def test_backend_choices_are_the_runtime_backends():
+    """The CLI lists the backends without importing torch; they must be the runtime's own."""
+    from anymask.cli.common import BACKENDS
+    from anymask.runtime import BACKENDS as RUNTIME_BACKENDS
+
+    assert BACKENDS == RUNTIME_BACKENDS

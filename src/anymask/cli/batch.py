@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ImageError
-from .common import check_output_dir
+from .common import add_model_arguments, check_output_dir
 from .everything import add_generator_arguments, generator_options
 
 logger = logging.getLogger("anymask")
@@ -61,14 +61,7 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                        "flight, which are redone (default 4)")
         p.add_argument("--threads", type=int, metavar="T",
                        help="compute threads (and Ray CPUs) per worker (default: this machine's cores / workers)")
-        p.add_argument("--model", default="mobile_sam",
-                       help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
-        p.add_argument("--checkpoint", metavar="PATH", help="use this local checkpoint file instead of the catalogue's")
-        p.add_argument("--no-verify", action="store_true",
-                       help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights)")
-        p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
-                       help="how the networks run: auto (default: onnx when onnxruntime is installed, else torch; "
-                       "or $ANYMASK_BACKEND), torch, onnx, onnx-int8 (int8 encoder)")
+        add_model_arguments(p, backend=True)
         if task == "everything":
             add_generator_arguments(p)
         if task == "boxes":

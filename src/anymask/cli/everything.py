@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ImageError
-from .common import check_output_dir
+from .common import add_model_arguments, check_output_dir, load_model_from_args
 
 logger = logging.getLogger("anymask")
 
@@ -53,11 +53,7 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
     p.add_argument("--format", choices=FORMATS, default="both",
                    help="coco: one COCO JSON for the run; png: mask PNGs and an overlay per image; both (default)")
-    p.add_argument("--model", default="mobile_sam",
-                   help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
-    p.add_argument("--checkpoint", metavar="PATH", help="use this local checkpoint file instead of the catalogue's")
-    p.add_argument("--no-verify", action="store_true",
-                   help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights)")
+    add_model_arguments(p)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_generator_arguments(p)
 
@@ -165,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..automatic import AutomaticMaskGenerator
     from ..images import load_image
-    from ..models import load_model
     from ..outputs import save_mask_png, save_overlay, write_json
 
     options = generator_options(args)
@@ -180,8 +175,7 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("skipping %d of %d images whose outputs are complete", len(images) - len(todo), len(images))
     unreadable: list[tuple[Path, str]] = []
     if todo:
-        model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,
-                           device=args.device, progress=not args.quiet)
+        model = load_model_from_args(args, device=args.device, progress=not args.quiet)
         generator = AutomaticMaskGenerator(model, **options)
         for i in tqdm(todo, desc="everything", unit="image", disable=args.quiet or None):
             path, name = images[i], names[i]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .common import add_model_arguments, load_model_from_args
+
 logger = logging.getLogger("anymask")
 
 
@@ -25,16 +27,12 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="int8: quantise the encoder's weight MatMuls (dynamic int8, per channel); default: float32")
     cmd.add_argument("--opset", type=int, default=None, metavar="N",
                      help="ONNX opset version (default: 17; 16 or newer)")
-    cmd.add_argument("--checkpoint", metavar="PATH",
-                     help="export this local checkpoint file instead of the catalogue's weights")
-    cmd.add_argument("--no-verify", action="store_true",
-                     help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights)")
+    add_model_arguments(cmd, model=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ModelError
     from ..export import DEFAULT_OPSET, export_model
-    from ..models import load_model
     from ..runtime import onnxruntime_available
 
     opset = args.opset or DEFAULT_OPSET
@@ -42,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise ModelError(f"--opset {opset} is too old: the graphs need opset 16 or newer")
     if args.quantize and not onnxruntime_available():
         raise ModelError("--quantize needs the onnxruntime and onnx packages")
-    model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify)
+    model = load_model_from_args(args)
     paths = export_model(model, args.output, quantize=args.quantize, opset=opset)
     for path in paths.values():
         print(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import PromptError
-from .common import check_output_dir, parse_numbers
+from .common import add_model_arguments, check_output_dir, load_model_from_args, parse_numbers
 
 logger = logging.getLogger("anymask")
 
@@ -31,13 +31,7 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     seg.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                      help="a box in XYXY pixels. Repeat for several objects: one mask per box (points, if any, "
                      "apply to every box).")
-    seg.add_argument("--model", default="mobile_sam",
-                     help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
-    seg.add_argument("--checkpoint", metavar="PATH",
-                     help="use this local checkpoint file instead of the catalogue's sources")
-    seg.add_argument("--no-verify", action="store_true",
-                     help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights); "
-                     "keys and shapes are still checked")
+    add_model_arguments(seg, backend=True)
     group = seg.add_mutually_exclusive_group()
     group.add_argument("--multimask", dest="multimask", action="store_true", default=None,
                        help="predict 3 candidate masks per object and keep the best-scored (JSON lists all). "
@@ -49,10 +43,6 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="comma-separated outputs to write: mask (PNG 0/255), cutout (RGBA PNG cropped to the "
                      "object), overlay (PNG of the image with masks, points and boxes), json (default: all)")
     seg.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    seg.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
-                     help="how the networks run: auto (default: onnx on the CPU when onnxruntime is installed, "
-                     "else torch; or $ANYMASK_BACKEND), torch (exact float32 PyTorch), onnx (float32 "
-                     "onnxruntime graphs, exported and cached on first use), onnx-int8 (int8 encoder)")
 
 
 
@@ -60,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..images import load_image
-    from ..models import load_model
     from ..outputs import mask_record, save_cutout, save_mask_png, save_overlay, write_json
     from ..predictor import Predictor
     from ..prompts import check_prompts
@@ -86,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points]) if points else None
     box_arg = np.array(boxes) if boxes else None
     check_prompts(coords, labels, box_arg, image_size=image.shape[:2])  # before the model is loaded
-    model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,
-                       device=args.device, progress=not args.quiet)
+    model = load_model_from_args(args, device=args.device, progress=not args.quiet)
     predictor = Predictor(model, backend=args.backend)
     predictor.set_image(image)
 

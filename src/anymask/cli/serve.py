@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 import logging
 
+from .common import add_model_arguments, load_model_from_args
+
 logger = logging.getLogger("anymask")
 
 
@@ -24,13 +26,7 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the server "
                    "to the network, which has no authentication)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--model", default="mobile_sam",
-                   help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
-    p.add_argument("--checkpoint", metavar="PATH", help="use this local checkpoint file instead of the catalogue's")
-    p.add_argument("--no-verify", action="store_true",
-                   help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
-                   help="how the server runs the model: auto (default: onnx on a CPU), torch, onnx, onnx-int8")
+    add_model_arguments(p, backend=True)
     p.add_argument("--max-upload-mb", type=float, default=32, metavar="MB",
                    help="largest request body (an image upload) in MiB; larger ones get HTTP 413 (default 32)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N",
@@ -61,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..errors import ModelError
-    from ..models import load_model
     from ..server import create_app
 
     for name in ("max_upload_mb", "cache_mb"):
@@ -72,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this address can use the server (no authentication)",
                        args.host)
-    model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify, progress=not args.quiet)
+    model = load_model_from_args(args, progress=not args.quiet)
     app = create_app(model, backend=args.backend, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      cache_mb=args.cache_mb, cors_origins=args.cors_origin,
                      cross_origin_isolation=not args.no_isolation)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import PromptError
-from .common import check_output_dir, parse_numbers
+from .common import add_model_arguments, check_output_dir, load_model_from_args, parse_numbers
 
 logger = logging.getLogger("anymask")
 
@@ -63,11 +63,7 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="encode frames padded to the model's square input, as SAM does, instead of only to a "
                      "multiple of 16 px (default): about half the frames/s on 16:9 video, about the same accuracy "
                      "(see docs/video.md)")
-    cmd.add_argument("--model", default="mobile_sam",
-                     help="model name: mobile_sam (default; alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
-    cmd.add_argument("--checkpoint", metavar="PATH", help="use this local checkpoint instead of the catalogue's")
-    cmd.add_argument("--no-verify", action="store_true",
-                     help="accept a --checkpoint whose sha256 differs from the catalogue (fine-tuned weights)")
+    add_model_arguments(cmd)
     cmd.add_argument("-o", "--output", default="out", metavar="DIR", help="output directory (default: ./out)")
     cmd.add_argument("--save", default=",".join(SAVE_KINDS), metavar="KINDS",
                      help="comma-separated outputs: masks (PNG 0/255 per frame and object), json (COCO-style "
@@ -128,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..images import load_image
     from ..masks import encode_rle, mask_area, masks_to_boxes
-    from ..models import load_model
     from ..outputs import make_overlay, save_mask_png, write_json
     from ..predictor import Predictor
     from ..prompts import check_prompts
@@ -157,8 +152,7 @@ def run(args: argparse.Namespace) -> int:
             if g["mask_array"].shape != size:
                 raise PromptError(f"--mask {g['mask']} is {g['mask_array'].shape[::-1]}, the frames {size[::-1]}")
 
-    model = load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify,
-                       device=args.device, progress=not args.quiet)
+    model = load_model_from_args(args, device=args.device, progress=not args.quiet)
     video = VideoPredictor(Predictor(model), strategy=args.strategy, window=args.window,
                            pad_to_square=args.padded)
     video.open(source)
