@@ -23,12 +23,13 @@ import logging
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anymask.session import DEFAULT_STRATEGY, SAM_STRATEGY, SessionStrategy  # noqa: E402
+from anymask.session import DEFAULT_STRATEGY, LARGER_FIRST_STRATEGY, SAM_STRATEGY, SessionStrategy  # noqa: E402
 
 logger = logging.getLogger("click_benchmark")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,6 +68,12 @@ VARIANTS: dict[str, SessionStrategy] = {
                                       zoom_after=3, zoom_max_area=0.9),
     "larger05_refine": SessionStrategy(multimask="both", select="refine", prefer_larger=0.05, feed_logits=True,
                                        zoom_after=None),
+    # the fed-back logits clipped (LARGER_FIRST_STRATEGY's first click): both sides at +-c ("clampC"), only
+    # from below at -c ("floorC"), only from above at +c ("ceilC")
+    "larger_first": LARGER_FIRST_STRATEGY,
+    **{f"clamp{c}": replace(LARGER_FIRST_STRATEGY, logit_floor=-c, logit_ceiling=c) for c in (3, 5, 7, 10, 15)},
+    **{f"floor{c}": replace(LARGER_FIRST_STRATEGY, logit_floor=-c) for c in (2, 3, 5, 7, 10, 20)},
+    "ceil5": replace(LARGER_FIRST_STRATEGY, logit_ceiling=5.0),
     "default": DEFAULT_STRATEGY,
 }
 
