@@ -10,9 +10,9 @@ Measures (DAVIS conventions, frame 0 excluded since it is the prompted frame): J
 the mean region IoU over frames; F-mean = the same for the boundary F-measure (``video_metrics.py``);
 sequence means first, then the mean over sequences.
 
-Frames are encoded unpadded by default here (``VideoPredictor(pad_to_square=False)``, the speed option: padded
+Frames are encoded as the video predictor does by default (``VideoPredictor(pad_to_square=False)``: padded
 only to a multiple of the encoder's stride, 1024 x 576 for DAVIS's 854 x 480, a 64 x 36 embedding), or padded to
-the square 1024 x 1024 input with ``--pad-to-square`` (the video predictor's default). Each frame is encoded
+the square 1024 x 1024 input as SAM does with ``--pad-to-square`` (``anymask video --padded``). Each frame is encoded
 once per run: the first pass (``mask`` method, box prompt) reads the JPEG frames from disk, encodes and
 propagates, timed end to end with a breakdown by stage (frame reading, encoder with its resize, decoder calls,
 upsampling to frame masks, the rest); the other passes
@@ -192,8 +192,8 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1: all)")
     parser.add_argument("--model", default="mobile_sam")
     parser.add_argument("--pad-to-square", action="store_true",
-                        help="encode frames padded to the square model input (the video predictor's default) instead "
-                        "of the unpadded speed option (padded only to a multiple of the encoder stride)")
+                        help="encode frames padded to the square model input as SAM does (anymask video --padded) "
+                        "instead of the video predictor's default (padded only to a multiple of the encoder stride)")
     parser.add_argument("--embedding-cache", type=Path, help="read/write frame embeddings here (not the repo)")
     parser.add_argument("--baseline-frames", type=int, default=10,
                         help="per sequence, time the first N frames end to end in this mode and in the padded "
@@ -236,7 +236,7 @@ def main() -> int:
     per_seq: dict[str, dict] = {}
     first: dict = {}
     propagate_s: dict[str, float] = {}
-    baseline = {"unpadded" if not args.pad_to_square else "padded": {}, "padded (default)": {}}
+    baseline = {"unpadded (default)" if not args.pad_to_square else "padded": {}, "padded (--padded, SAM's)": {}}
     loads = []
     for name in names:
         rows = by_seq[name][::args.stride]
