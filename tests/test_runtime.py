@@ -138,27 +138,3 @@ def test_export_rejects_an_old_opset(tmp_path, capsys):
     assert main(["export", "mobile_sam", "-o", str(tmp_path), "--opset", "11"]) != 0
     assert "opset" in capsys.readouterr().err
     assert not (tmp_path / "encoder.onnx").exists()
-
-
-def test_long_click_sequences_run_the_plain_decoder_graph(onnx_predictor, torch_predictor):
-    """Prompts of many points cost less in the plain cross-attention than folded (``fold_pays``): the onnx
-    backend then runs a second graph exported with folding off; its masks still match torch fp32."""
-    from anymask.images import load_image
-    from anymask.runtime import DECODER_PLAIN_FILES
-
-    photo = load_image(EXAMPLE_IMAGE)
-    runner = onnx_predictor._runner
-    assert runner._folding_pays(2) and not runner._folding_pays(12)
-    points = np.array([[405, 150], [380, 120], [430, 170], [300, 300], [200, 420], [60, 60], [470, 40],
-                       [250, 250], [330, 90], [150, 200], [420, 300], [100, 480]], np.float64)
-    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0])
-    for p in (onnx_predictor, torch_predictor):
-        p.set_image(photo)
-    for kwargs in ({}, {"mask_input": torch_predictor.predict_low_res(points=points[:1], labels=[1])[0][0, :1]}):
-        got, got_scores, _ = onnx_predictor.predict(points=points, labels=labels, multimask=False, **kwargs)
-        want, want_scores, _ = torch_predictor.predict(points=points, labels=labels, multimask=False, **kwargs)
-        assert iou(got[0], want[0]) >= 0.999
-        np.testing.assert_allclose(got_scores, want_scores, atol=2e-3)
-    assert sorted(runner._plain_decoders) == [False, True]
-    assert all((runner._folder / name).is_file() for name in DECODER_PLAIN_FILES.values())
-    assert onnx_predictor.model.mask_decoder.transformer.fold  # switched back on after the export

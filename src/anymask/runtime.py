@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,6 @@ from .errors import ModelError
 from .modeling import Sam
 
 logger = logging.getLogger(__name__)
-_EXPORT_LOCK = threading.Lock()  # the plain decoder's export switches the shared model's folding off
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 #: environment variable that chooses the backend of ``backend="auto"``
@@ -46,8 +44,6 @@ DECODER_FILE = "decoder_low_res.onnx"  # with mask input
 DECODER_NO_MASK_FILE = "decoder_low_res_no_mask.onnx"  # image side shared by the batch
 #: the no-mask decoder with its mask upscaling in int8 (``decode(..., precision="int8")``), made on first use
 DECODER_NO_MASK_INT8_FILE = "decoder_low_res_no_mask_int8_upscaling.onnx"
-# the plain cross-attention (no folding), for prompts of many points: exported on first use
-DECODER_PLAIN_FILES = {True: "decoder_low_res_plain.onnx", False: "decoder_low_res_no_mask_plain.onnx"}
 #: decoder precisions of :meth:`OnnxRunner.decode`
 DECODER_PRECISIONS = ("fp32", "int8")
 #: part of the cache key: bump when the graphs' contract changes (2: decoders take any embedding grid)
@@ -175,7 +171,6 @@ class OnnxRunner:
         self.decoder_no_mask = session(DECODER_NO_MASK_FILE, decoder=True)
         self._shape_encoders: dict[tuple[int, int, int], object] = {}
         self._decoder_no_mask_int8 = None
-        self._plain_decoders: dict[bool, object] = {}
 
     def encode(self, resized: np.ndarray, pad_to_square: bool = True, pad_multiple: int | None = None) -> np.ndarray:
         """Resized ``(h, w, 3)`` uint8 RGB (longer side = the model's input size) -> ``(1, C, 64, 64)``.
@@ -225,39 +220,6 @@ class OnnxRunner:
             self._decoder_no_mask_int8 = self._session(DECODER_NO_MASK_INT8_FILE, decoder=True)
         return self._decoder_no_mask_int8
 
-    def _plain_decoder(self, mask_input: bool):
-        """The decoder session with the plain cross-attentions, for prompts of many points (exported once).
-
-        The default graphs fold the cross-attentions through the prompt tokens (:mod:`anymask.modeling.transformer`),
-        which costs less than the plain projections only while the tokens are few (``fold_pays``); the traced
-        graph cannot switch by itself, so long click sequences run this second graph.
-        """
-        session = self._plain_decoders.get(mask_input)
-        if session is None:
-            name = DECODER_PLAIN_FILES[mask_input]
-            path = self._folder / name
-            if not path.is_file():
-                from .export import export_decoder
-
-                transformer = self._model.mask_decoder.transformer
-                with _EXPORT_LOCK:
-                    tmp = Path(tempfile.mkdtemp(dir=self._folder, prefix=f".{name}."))
-                    try:
-                        transformer.fold = False
-                        export_decoder(self._model, tmp / name, full_res=False, mask_input=mask_input)
-                        os.replace(tmp / name, path)
-                    finally:
-                        transformer.fold = True
-                        shutil.rmtree(tmp, ignore_errors=True)
-            session = self._plain_decoders[mask_input] = self._session(name, decoder=True)
-        return session
-
-    def _folding_pays(self, points: int) -> bool:
-        """Whether the folded (default) graphs are the cheaper evaluation for prompts of ``points`` points."""
-        transformer = self._model.mask_decoder.transformer
-        tokens = points + self._model.mask_decoder.num_mask_tokens + 1  # + the IoU token and the mask tokens
-        return not getattr(transformer, "fold", False) or transformer.final_attn_token_to_image.fold_pays(tokens)
-
     def decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
                original_size: tuple[int, int], precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
         """All mask tokens of a batch of prompts: ``(B, 4, 256, 256)`` logits and ``(B, 4)`` IoU predictions.
@@ -281,18 +243,13 @@ class OnnxRunner:
             "point_labels": np.ascontiguousarray(labels, dtype=np.float32),
             "orig_im_size": np.asarray(original_size, dtype=np.int64),
         }
-        folded = self._folding_pays(coords.shape[1])
         if mask_input is None:
-            if precision == "int8":
-                decoder = self._int8_decoder()
-            else:
-                decoder = self.decoder_no_mask if folded else self._plain_decoder(mask_input=False)
+            decoder = self._int8_decoder() if precision == "int8" else self.decoder_no_mask
             low_res, iou = decoder.run(None, feed)
         else:
             feed["mask_input"] = np.ascontiguousarray(mask_input, dtype=np.float32)
             feed["has_mask_input"] = np.ones(len(coords), dtype=np.float32)
-            decoder = self.decoder if folded else self._plain_decoder(mask_input=True)
-            low_res, iou = decoder.run(None, feed)
+            low_res, iou = self.decoder.run(None, feed)
         return low_res, iou
 
 
