@@ -93,6 +93,9 @@ def page_clicks(base: str, browser, query: str = "") -> dict:
                 "decoders_used": dict(Counter(r["decoder"] for r in records)),
                 "choice": page.evaluate("window.anymaskPage.choice()"),
                 "threads": page.evaluate("(window.anymaskPage.page.choice.decoders.browser || {}).threads || null"),
+                # the browser decoder's once-per-image part (decoder_prepare.onnx), run when the image opened
+                "browser_prepare_ms": page.evaluate(
+                    "((window.anymaskPage.page.choice.decoders.browser || {}).image || {}).prepare_ms || null"),
                 "cross_origin_isolated": page.evaluate("self.crossOriginIsolated"),
                 "median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1),
                 "max_ms": round(max(times), 1), "n": len(times),
@@ -145,6 +148,8 @@ def markdown(result: dict) -> str:
             how = (f"chose the {choice['kind']} (probes: browser {choice['browser_ms']} ms, server "
                    f"{choice['server_ms']} ms); " if key == "automatic" else "")
             used = ", ".join(f"{k} {v}" for k, v in page["decoders_used"].items())
+            if page.get("browser_prepare_ms") and key != "server_decoding":
+                used += f" (browser: once per image, {round(page['browser_prepare_ms'], 1)} ms to prepare)"
             lines.append(f"| {label} | {page['median_ms']} | {how}clicks decoded by: {used}; steps: {steps}; "
                          f"min {page['min_ms']} / max {page['max_ms']}, n={page['n']} | <= 50 |")
     lines += [

@@ -1,8 +1,10 @@
-"""The folded decoder (cross-attention through the token side, channels-last upscaling) equals the plain one.
+"""The folded decoder (cross-attention through the token side, channels-last upscaling, the first block's image
+side prepared once per image) equals the plain one.
 
 Real photo, real MobileSAM weights, the exact float32 torch path; every prompt kind the predictor sends to the
-decoder: a click, a box, a batch of boxes, a grid of single points (shared image side), mask prompts, and a
-non-square embedding grid.
+decoder: a click, a box, a batch of boxes, a grid of single points (shared image side), a long click sequence,
+mask prompts, and a non-square embedding grid. The onnxruntime graphs of the prepared decoder are checked
+against the unprepared graph.
 """
 
 from __future__ import annotations
@@ -11,7 +13,18 @@ import numpy as np
 import pytest
 import torch
 
+from anymask import Predictor
 from anymask.modeling.mask_upscaling import upscaled_mask_logits
+
+from conftest import EXAMPLE_IMAGE
+
+
+@pytest.fixture(scope="module")
+def predictor(mobile_sam):
+    """The exact torch path on the astronaut photo (the default backend would run the same ONNX graph twice)."""
+    p = Predictor(mobile_sam, backend="torch")
+    p.set_image(EXAMPLE_IMAGE)
+    return p
 
 
 @pytest.fixture
@@ -50,7 +63,7 @@ def _assert_same(plain, folded) -> None:
 
 @pytest.mark.parametrize(
     "prompt",
-    ["click", "box", "boxes", "points", "mask_input", "mask_input_batch"],
+    ["click", "box", "boxes", "points", "long_clicks", "mask_input", "mask_input_batch"],
 )
 def test_folded_decoder_equals_plain(predictor, plain_and_folded, prompt):
     h, w = predictor.embedding.original_size
@@ -63,6 +76,9 @@ def test_folded_decoder_equals_plain(predictor, plain_and_folded, prompt):
         "box": dict(box=[120, 40, 400, 460], multimask=False),
         "boxes": dict(box=boxes, multimask=False),
         "points": dict(points=_grid_points(4, h), labels=np.ones((16, 1))),
+        # 20 points: 26 tokens, past the folding threshold (the prepared first block then projects its output)
+        "long_clicks": dict(points=_grid_points(5, h)[:20, 0], labels=np.r_[np.ones(12), np.zeros(8)],
+                            multimask=False),
         "mask_input": dict(points=[[250, 180], [300, 400]], labels=[1, 0], mask_input=previous[0]),
         "mask_input_batch": dict(points=_grid_points(2, h), labels=np.ones((4, 1)),
                                  mask_input=np.repeat(previous, 4, 0)),
@@ -99,3 +115,43 @@ def test_channels_last_upscaling_equals_the_convolutions(mobile_sam):
         expected = (hyper_in @ upscaled.reshape(2, 32, -1)).reshape(2, 4, 12, 20)
         got = upscaled_mask_logits(decoder.output_upscaling, tokens, 3, 5, hyper_in)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_prepared_image_side_follows_the_image(mobile_sam, predictor):
+    """The prepared first block is recomputed for a new image: a reused predictor answers like a fresh one."""
+    from PIL import Image
+
+    other = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))[::-1, ::2].copy()  # another picture
+    reused = Predictor(mobile_sam, backend="torch")
+    reused.set_image(EXAMPLE_IMAGE)
+    reused.predict_low_res(points=[[250, 180]], labels=[1])
+    assert reused._prepared is not None
+    reused.set_image(other)
+    assert reused._prepared is None
+    fresh = Predictor(mobile_sam, backend="torch")
+    fresh.set_image(other)
+    fresh._prepared_image = lambda *args: None  # the unprepared path
+    prompt = dict(points=[[100, 120]], labels=[1])
+    _assert_same(fresh.predict_low_res(**prompt), reused.predict_low_res(**prompt))
+
+
+def test_prepared_onnx_decoder_equals_the_unprepared_graph(mobile_sam, predictor):
+    """onnxruntime: ``decoder_prepare`` + ``decoder_low_res_prepared`` give the no-mask graph's logits, on the
+    full grid and on an unpadded 40 x 64 grid, for a click, a long click sequence and a batch of boxes."""
+    pytest.importorskip("onnxruntime")
+    onnx = Predictor(mobile_sam, backend="onnx")
+    runner = onnx._runner
+    full = predictor.embedding.features
+    size = predictor.embedding.original_size
+    prompts = [
+        (np.array([[[250.0, 180.0], [0.0, 0.0]]]), np.array([[1.0, -1.0]])),
+        (np.concatenate([_grid_points(5, size[0])[:20, 0], [[0.0, 0.0]]])[None], np.r_[np.ones(12), np.zeros(8), -1][None]),
+        (np.array([[[40.0, 30.0], [300.0, 400.0]], [[100.0, 90.0], [480.0, 500.0]]]), np.array([[2.0, 3.0]] * 2)),
+    ]
+    for features in (full, np.ascontiguousarray(full[..., :40, :])):
+        prepared = runner.prepare(features)
+        assert prepared["block_keys"].shape == (1, features.shape[2] * features.shape[3], 128)
+        for coords, labels in prompts:
+            plain = runner.decode(features, coords, labels, None, size)
+            fast = runner.decode(features, coords, labels, None, size, prepared=prepared)
+            _assert_same(plain, fast)

@@ -170,6 +170,30 @@ def test_the_served_decoder_graph_is_the_servers_decoder(client, image_id):
     assert client.get("/v1/models/mobile_sam/decoder.onnx?mask_input=maybe").status_code == 422
 
 
+def test_the_pages_two_part_decoder_gives_the_servers_masks(client, image_id):
+    """``decoder_prepare.onnx`` (once per image) + ``decoder_prepared.onnx`` (per prompt): the API's scores and
+    masks, as the page runs them."""
+    import onnxruntime as ort
+
+    model = client.get("/v1/models").json()["models"][0]
+    graphs = {part: client.get(model[f"decoder_{part}_url"]) for part in ("prepare", "prepared")}
+    assert all(g.status_code == 200 for g in graphs.values())
+    prepare, decode = (ort.InferenceSession(graphs[p].content, providers=["CPUExecutionProvider"])
+                       for p in ("prepare", "prepared"))
+    features = np.frombuffer(client.get(f"/v1/images/{image_id}/embedding").content, "<f4").reshape(1, 256, 64, 64)
+    prepared = dict(zip([o.name for o in prepare.get_outputs()], prepare.run(None, {"image_embeddings": features})))
+    assert set(prepared) == {"keys", "key_pe", "block_keys", "block_values", "block_queries"}
+    low, scores = decode.run(None, {
+        "image_embeddings": features, "point_coords": np.array([[POINT, [0, 0]]], np.float32),
+        "point_labels": np.array([[1, -1]], np.float32), "orig_im_size": np.array([512, 512], np.int64), **prepared})
+    api = client.post(f"/v1/images/{image_id}/segment", json={"points": [POINT], "return_logits": True}).json()
+    np.testing.assert_allclose(scores[0, 1:], [m["score"] for m in api["masks"]], atol=1e-4)
+    for index, mask in enumerate(api["masks"]):
+        logits = np.frombuffer(base64.b64decode(mask["low_res_logits"]), "<f4").reshape(256, 256)
+        assert np.mean((low[0, index + 1] > 0) == (logits > 0)) > 0.999
+    assert client.get("/v1/models/vit_h/decoder_prepared.onnx").status_code == 404
+
+
 def test_everything_with_a_small_grid(client, image_id):
     r = client.post(f"/v1/images/{image_id}/everything", json={"points_per_side": 4})
     assert r.status_code == 200, r.text

@@ -1,6 +1,6 @@
 // Two ways to turn prompts into masks, with one interface:
-//   BrowserDecoder: the model's decoder graph in onnxruntime-web (wasm), fed the image embedding that the
-//                   server computed once: no round trip per click.
+//   BrowserDecoder: the model's decoder in onnxruntime-web (wasm), as two graphs (the image side once per image,
+//                   then each prompt), fed the embedding that the server computed once: no round trip per click.
 //   ServerDecoder:  POST /v1/images/{id}/segment for every prompt (the fallback when the browser cannot).
 // decode({points: [{x, y, label}], box: [x0, y0, x1, y1] | null}) resolves to
 //   {scores: [...], mask(i) -> Uint8Array(H * W), best: index of the top score, source}.
@@ -31,18 +31,23 @@ export class BrowserDecoder {
     ort.env.wasm.wasmPaths = new URL('./vendor/', import.meta.url).href;
     const threads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     ort.env.wasm.numThreads = threads;
-    // the graph without mask input: the page sends no mask prompt (same masks, no mask-downscaling convolutions)
-    const response = await fetch(`${model.decoder_url}?mask_input=false`);
-    if (!response.ok) throw new Error(`decoder graph: HTTP ${response.status}`);
-    const bytes = new Uint8Array(await response.arrayBuffer());
-    const session = await ort.InferenceSession.create(bytes, {
-      executionProviders: ['wasm'], graphOptimizationLevel: 'all',
-    });
-    return new BrowserDecoder(ort, session, model, threads);
+    // The decoder in two parts, without mask input (the page sends no mask prompt): `prepare` computes the first
+    // block's image side once per image, `session` decodes each prompt with it (the same masks as the one-part
+    // graph, fewer multiply-adds per click).
+    const load = async (url) => {
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(`decoder graph: HTTP ${response.status}`);
+      return ort.InferenceSession.create(new Uint8Array(await response.arrayBuffer()), {
+        executionProviders: ['wasm'], graphOptimizationLevel: 'all',
+      });
+    };
+    const [prepare, session] = await Promise.all([load(model.decoder_prepare_url), load(model.decoder_prepared_url)]);
+    return new BrowserDecoder(ort, prepare, session, model, threads);
   }
 
-  constructor(ort, session, model, threads) {
+  constructor(ort, prepare, session, model, threads) {
     this.ort = ort;
+    this.prepare = prepare;
     this.session = session;
     this.model = model;
     this.threads = threads;
@@ -55,9 +60,14 @@ export class BrowserDecoder {
     if (!response.ok) throw new Error(`embedding: HTTP ${response.status}`);
     const shape = response.headers.get('X-Embedding-Shape').split(',').map(Number);
     const data = new Float32Array(await response.arrayBuffer());
+    const embedding = new this.ort.Tensor('float32', data, shape);
+    const started = performance.now();
+    const prepared = await this.prepare.run({ image_embeddings: embedding });
     this.image = {
       info,
-      embedding: new this.ort.Tensor('float32', data, shape),
+      embedding,
+      prepared,  // keys, key_pe, block_keys, block_values, block_queries
+      prepare_ms: performance.now() - started,
       size: new this.ort.Tensor('int64', BigInt64Array.from([BigInt(info.height), BigInt(info.width)]), [2]),
     };
   }
@@ -80,6 +90,7 @@ export class BrowserDecoder {
       point_coords: new ort.Tensor('float32', Float32Array.from(coords), [1, n, 2]),
       point_labels: new ort.Tensor('float32', Float32Array.from(labels), [1, n]),
       orig_im_size: image.size,
+      ...image.prepared,
     };
     const out = await this.session.run(feeds);
     const steps = { run: performance.now() - started };

@@ -22,6 +22,10 @@ Graphs (all float32 unless ``quantize="int8"``; see ``docs/onnx.md`` for the ful
 
 The runtime (:mod:`anymask.runtime`) uses lighter decoder graphs (``full_res=False``): they return all four
 mask tokens at low resolution, and have a variant without mask input whose image side is shared by the batch.
+For prompts without a mask input it splits that variant in two (:func:`export_prepared_decoder`):
+``decoder_prepare.onnx`` runs once per image (``image_embeddings`` -> the first block's image side,
+:class:`~anymask.modeling.transformer.PreparedImage`) and ``decoder_prepared.onnx`` decodes prompts with it
+(same results, about 16 % fewer multiply-adds per prompt).
 """
 
 from __future__ import annotations
@@ -142,6 +146,45 @@ class DecoderGraph(nn.Module):
         return masks, iou, low_res
 
 
+PREPARED_NAMES = ["keys", "key_pe", "block_keys", "block_values", "block_queries"]
+
+
+class DecoderPrepareGraph(nn.Module):
+    """``image_embeddings`` ``(1, C, gh, gw)`` -> the decoder's prepared image side for prompts without a mask
+    input: the :data:`PREPARED_NAMES` tensors, ``(1, gh * gw, C)`` and ``(1, gh * gw, D)``."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().detach().clone())
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        image_pe = self.image_pe[:, :, : image_embeddings.shape[2], : image_embeddings.shape[3]]
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return tuple(self.mask_decoder.prepare(image_embeddings, image_pe, no_mask))
+
+
+class PreparedDecoderGraph(DecoderGraph):
+    """The runtime's decoder without mask input, given :class:`DecoderPrepareGraph`'s outputs (low-res logits of
+    all mask tokens, as ``DecoderGraph(full_res=False, mask_input=False)``). ``image_embeddings`` is read only
+    for its grid size."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__(model, full_res=False, mask_input=False)
+
+    def forward(self, image_embeddings, point_coords, point_labels, orig_im_size, keys, key_pe, block_keys,
+                block_values, block_queries):
+        from .modeling.transformer import PreparedImage
+
+        resized = self._resized_size(orig_im_size)
+        scale = resized.to(torch.float32) / orig_im_size.to(torch.float32)  # (sy, sx)
+        coords = point_coords * torch.stack([scale[1], scale[0]])
+        sparse = self._embed_points(coords, point_labels.to(torch.int64))
+        prepared = PreparedImage(keys, key_pe, block_keys, block_values, block_queries)
+        return self.mask_decoder.predict_masks(image_embeddings, None, sparse, None, prepared=prepared)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
             dynamic_axes: dict, opset: int) -> None:
     """Trace ``module`` to ``path`` (written atomically) with the TorchScript-based exporter."""
@@ -218,6 +261,37 @@ def export_decoder(model: Sam, path: str | os.PathLike, full_res: bool = True, m
     call_args = tuple(values.get(name) for name in kwargs_order[: len(args)])
     _export(graph, call_args, path, names, outputs, axes, opset)
     return path
+
+
+def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder_path: str | os.PathLike,
+                            opset: int = DEFAULT_OPSET) -> tuple[Path, Path]:
+    """Write the runtime's two-part decoder for prompts without a mask input (see the module docstring).
+
+    ``prepare_path``: ``image_embeddings`` -> :data:`PREPARED_NAMES`. ``decoder_path``: ``image_embeddings``,
+    ``point_coords``, ``point_labels``, ``orig_im_size`` and the prepared tensors -> ``low_res_masks``
+    ``(B, 4, 4 gh, 4 gw)``, ``iou_predictions`` ``(B, 4)``.
+    """
+    prepare_path, decoder_path = Path(prepare_path), Path(decoder_path)
+    grid = model.prompt_encoder.image_embedding_size
+    embed = torch.randn(1, model.prompt_encoder.embed_dim, *grid)
+    token_axes = {1: "num_tokens"}
+    prepare = DecoderPrepareGraph(model)
+    _export(prepare, (embed,), prepare_path, ["image_embeddings"], PREPARED_NAMES,
+            {"image_embeddings": {2: "grid_height", 3: "grid_width"}, **{name: token_axes for name in PREPARED_NAMES}},
+            opset)
+    with torch.no_grad():
+        prepared = prepare(embed)
+    coords = torch.randint(0, 600, (2, 3, 2)).float()
+    labels = torch.tensor([[1, 0, -1], [2, 3, 1]], dtype=torch.float32)
+    size = torch.tensor([480, 640], dtype=torch.int64)
+    names = ["image_embeddings", "point_coords", "point_labels", "orig_im_size", *PREPARED_NAMES]
+    axes = {"image_embeddings": {2: "grid_height", 3: "grid_width"},
+            "point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"},
+            **{name: token_axes for name in PREPARED_NAMES},
+            "low_res_masks": {0: "batch", 2: "low_res_height", 3: "low_res_width"}, "iou_predictions": {0: "batch"}}
+    _export(PreparedDecoderGraph(model), (embed, coords, labels, size, *prepared), decoder_path, names,
+            ["low_res_masks", "iou_predictions"], axes, opset)
+    return prepare_path, decoder_path
 
 
 def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, per_channel: bool = True,

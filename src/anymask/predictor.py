@@ -184,6 +184,10 @@ class Predictor:
         self.pad_multiple: int = pad_multiple or stride
         self._embedding: ImageEmbedding | None = None
         self._features: torch.Tensor | None = None
+        # the decoder's first block on this image's side, computed on the first prompt without a mask input and
+        # reused by every later one (see :class:`~anymask.modeling.transformer.PreparedImage`): torch tensors,
+        # or the onnx runner's arrays
+        self._prepared = None
 
     @property
     def device(self) -> torch.device:
@@ -285,7 +289,7 @@ class Predictor:
             input_size=input_size,
             model=self.spec.name,
         )
-        self._embedding, self._features = embedding, features
+        self._embedding, self._features, self._prepared = embedding, features, None
         return embedding
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
@@ -310,7 +314,7 @@ class Predictor:
         if problem:
             raise ModelError(f"embedding does not fit this predictor: {problem}")
         dtype = next(self.model.parameters()).dtype
-        self._embedding = embedding
+        self._embedding, self._prepared = embedding, None
         self._features = torch.tensor(np.asarray(embedding.features), dtype=dtype, device=self.device)
 
     @property
@@ -322,7 +326,7 @@ class Predictor:
 
     def reset_image(self) -> None:
         """Forget the current image."""
-        self._embedding, self._features = None, None
+        self._embedding, self._features, self._prepared = None, None, None
 
     # ---------------------------------------------------------------------------------------------------
     # Prompts
@@ -460,13 +464,24 @@ class Predictor:
             masks_t = torch.as_tensor(prompts.mask_input, dtype=dtype, device=device)
         grid = tuple(self._features.shape[-2:])
         sparse, dense = self.model.prompt_encoder(points=points_t, boxes=boxes_t, masks=masks_t, grid=grid)
+        image_pe = self.model.prompt_encoder.get_dense_pe(grid)
         return self.model.mask_decoder(
             image_embeddings=self._features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(grid),
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
+            prepared=self._prepared_image(image_pe, dense) if masks_t is None else None,
         )
+
+    def _prepared_image(self, image_pe: torch.Tensor, dense: torch.Tensor):
+        """The decoder's prepared image side (torch), computed once per image; None for the plain formulation
+        (``transformer.fold = False`` keeps SAM's order of operations everywhere)."""
+        if not getattr(self.model.mask_decoder.transformer, "fold", False):
+            return None
+        if self._prepared is None:
+            self._prepared = self.model.mask_decoder.prepare(self._features, image_pe, dense)
+        return self._prepared
 
     def _decode_low_res_onnx(self, prompts: Prompts, multimask: bool, precision: str = "fp32"
                              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -483,9 +498,16 @@ class Predictor:
         else:
             coords.append(np.zeros((batch, 1, 2)))
             labels.append(-np.ones((batch, 1), dtype=np.float32))
+        features = self._features.numpy()
+        prepared = None
+        if prompts.mask_input is None and precision == "fp32" and getattr(self.model.mask_decoder.transformer,
+                                                                          "fold", False):
+            if self._prepared is None:
+                self._prepared = self._runner.prepare(features)
+            prepared = self._prepared
         low_res, iou = self._runner.decode(
-            self._features.numpy(), np.concatenate(coords, axis=1), np.concatenate(labels, axis=1),
-            prompts.mask_input, self.embedding.original_size, precision,
+            features, np.concatenate(coords, axis=1), np.concatenate(labels, axis=1),
+            prompts.mask_input, self.embedding.original_size, precision, prepared,
         )
         selected = slice(1, None) if multimask else slice(0, 1)
         return torch.from_numpy(low_res[:, selected]), torch.from_numpy(iou[:, selected])

@@ -42,12 +42,17 @@ BACKEND_ENV = "ANYMASK_BACKEND"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_low_res.onnx"  # with mask input
 DECODER_NO_MASK_FILE = "decoder_low_res_no_mask.onnx"  # image side shared by the batch
+#: prompts without mask input: the image side prepared once per image, then every prompt decoded with it
+DECODER_PREPARE_FILE = "decoder_prepare.onnx"
+DECODER_PREPARED_FILE = "decoder_low_res_prepared.onnx"
 #: the no-mask decoder with its mask upscaling in int8 (``decode(..., precision="int8")``), made on first use
 DECODER_NO_MASK_INT8_FILE = "decoder_low_res_no_mask_int8_upscaling.onnx"
 #: decoder precisions of :meth:`OnnxRunner.decode`
 DECODER_PRECISIONS = ("fp32", "int8")
-#: part of the cache key: bump when the graphs' contract changes (2: decoders take any embedding grid)
-GRAPHS_REVISION = "2"
+#: part of the cache key: bump when the graphs' contract changes (2: decoders take any embedding grid; 3: the
+#: prepared decoder)
+GRAPHS_REVISION = "3"
+RUNTIME_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE, DECODER_PREPARE_FILE, DECODER_PREPARED_FILE)
 #: unpadded encoder sessions an :class:`OnnxRunner` keeps open (one per input shape)
 MAX_SHAPE_ENCODERS = 2
 
@@ -103,11 +108,11 @@ def graphs_dir(model: Sam, quantize: str | None, opset: int) -> Path:
 
 def build_graphs(model: Sam, quantize: str | None = None, opset: int | None = None) -> Path:
     """Export (once) and return the folder holding the runtime graphs of ``model``."""
-    from .export import DEFAULT_OPSET, export_decoder, export_encoder, quantize_int8
+    from .export import DEFAULT_OPSET, export_decoder, export_encoder, export_prepared_decoder, quantize_int8
 
     opset = opset or DEFAULT_OPSET
     folder = graphs_dir(model, quantize, opset)
-    if all((folder / name).is_file() for name in (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE)):
+    if all((folder / name).is_file() for name in RUNTIME_FILES):
         return folder
     logger.info("exporting %s to ONNX (once; cached in %s)", model.spec.name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +123,7 @@ def build_graphs(model: Sam, quantize: str | None = None, opset: int | None = No
             quantize_int8(tmp / ENCODER_FILE, tmp / ENCODER_FILE)
         export_decoder(model, tmp / DECODER_FILE, full_res=False, mask_input=True, opset=opset)
         export_decoder(model, tmp / DECODER_NO_MASK_FILE, full_res=False, mask_input=False, opset=opset)
+        export_prepared_decoder(model, tmp / DECODER_PREPARE_FILE, tmp / DECODER_PREPARED_FILE, opset=opset)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished first (the folder exists and is not empty)
@@ -167,10 +173,42 @@ class OnnxRunner:
         self._session = session
         self._model, self._quantize, self._folder = model, quantize, folder
         self.encoder = session(ENCODER_FILE)
-        self.decoder = session(DECODER_FILE, decoder=True)
-        self.decoder_no_mask = session(DECODER_NO_MASK_FILE, decoder=True)
+        self.decoder_prepare = session(DECODER_PREPARE_FILE, decoder=True)
+        self.decoder_prepared = session(DECODER_PREPARED_FILE, decoder=True)
+        # opened on first use (each holds a copy of the decoder's weights): prompts with a mask input, and
+        # decoding without a prepared image side
+        self._decoder = self._decoder_no_mask = None
         self._shape_encoders: dict[tuple[int, int, int], object] = {}
         self._decoder_no_mask_int8 = None
+
+    @property
+    def decoder(self):
+        """The session of the decoder with mask input (opened on first use)."""
+        if self._decoder is None:
+            self._decoder = self._session(DECODER_FILE, decoder=True)
+        return self._decoder
+
+    @property
+    def decoder_no_mask(self):
+        """The session of the decoder without mask input, image side shared by the batch (opened on first use)."""
+        if self._decoder_no_mask is None:
+            self._decoder_no_mask = self._session(DECODER_NO_MASK_FILE, decoder=True)
+        return self._decoder_no_mask
+
+    def prepare(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder's image side for prompts without a mask input, once per image: pass it to :meth:`decode`.
+
+        Args:
+            features: ``(1, C, gh, gw)`` image embedding.
+
+        Returns:
+            The prepared tensors by name (see :class:`~anymask.modeling.transformer.PreparedImage`), ~10 MB for
+            a 64 x 64 grid.
+        """
+        from .export import PREPARED_NAMES
+
+        outputs = self.decoder_prepare.run(None, {"image_embeddings": np.ascontiguousarray(features, dtype=np.float32)})
+        return dict(zip(PREPARED_NAMES, outputs))
 
     def encode(self, resized: np.ndarray, pad_to_square: bool = True, pad_multiple: int | None = None) -> np.ndarray:
         """Resized ``(h, w, 3)`` uint8 RGB (longer side = the model's input size) -> ``(1, C, 64, 64)``.
@@ -221,7 +259,8 @@ class OnnxRunner:
         return self._decoder_no_mask_int8
 
     def decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
-               original_size: tuple[int, int], precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+               original_size: tuple[int, int], precision: str = "fp32",
+               prepared: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All mask tokens of a batch of prompts: ``(B, 4, 256, 256)`` logits and ``(B, 4)`` IoU predictions.
 
         Args:
@@ -234,6 +273,8 @@ class OnnxRunner:
             precision: ``"fp32"``, or ``"int8"``: the mask upscaling's matrix products in int8 (prompts without a
                 mask input only; see :func:`anymask.export.quantize_upscaling_int8`), about 1.2x faster, masks
                 not identical to float32's.
+            prepared: :meth:`prepare` of ``features`` (used for prompts without a mask input in float32: the
+                same logits up to float32 rounding, fewer multiply-adds).
         """
         if precision not in DECODER_PRECISIONS:
             raise ModelError(f"unknown decoder precision {precision!r}: choose one of {', '.join(DECODER_PRECISIONS)}")
@@ -243,7 +284,9 @@ class OnnxRunner:
             "point_labels": np.ascontiguousarray(labels, dtype=np.float32),
             "orig_im_size": np.asarray(original_size, dtype=np.int64),
         }
-        if mask_input is None:
+        if mask_input is None and prepared is not None and precision == "fp32":
+            low_res, iou = self.decoder_prepared.run(None, {**feed, **prepared})
+        elif mask_input is None:
             decoder = self._int8_decoder() if precision == "int8" else self.decoder_no_mask
             low_res, iou = decoder.run(None, feed)
         else:

@@ -8,6 +8,7 @@ from torch import nn
 
 from .common import LayerNorm2d
 from .mask_upscaling import upscaled_mask_logits
+from .transformer import PreparedImage
 
 __all__ = ["MLP", "MaskDecoder"]
 
@@ -74,6 +75,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for ``B`` prompts on one image.
 
@@ -84,16 +86,30 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings: ``(B, C, h, w)`` mask-prompt embedding.
             multimask_output: Return the ``num_multimask_outputs`` alternatives instead of the
                 single mask.
+            prepared: :meth:`prepare` of this image (prompts without a mask input only: the dense embedding
+                must be the one it was prepared with): the first block's image side is not recomputed.
 
         Returns:
             Mask logits ``(B, M, 4h, 4w)`` and predicted IoU ``(B, M)``, with ``M`` 1 or
             ``num_multimask_outputs``.
         """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prepared
         )
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
+
+    def prepare(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+    ) -> PreparedImage:
+        """What every prompt without a mask input shares on one image (see :class:`PreparedImage`).
+
+        Args:
+            image_embeddings: ``(1, C, h, w)`` from the image encoder.
+            image_pe: ``(1, C, h, w)`` dense positional encoding.
+            dense_prompt_embeddings: ``(1, C, h, w)`` or ``(1, C, 1, 1)``: the no-mask embedding.
+        """
+        return self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1], image_pe)
 
     def predict_masks(
         self,
@@ -101,8 +117,12 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks ``(B, T_m, 4h, 4w)`` and IoU predictions ``(B, T_m)``."""
+        """All ``num_mask_tokens`` masks ``(B, T_m, 4h, 4w)`` and IoU predictions ``(B, T_m)``.
+
+        With ``prepared`` the image embedding, PE and dense embedding are only read for their shapes.
+        """
         num_prompts = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
@@ -111,12 +131,14 @@ class MaskDecoder(nn.Module):
         # Without mask prompts the dense embedding is one vector broadcast over the grid and the batch (stride
         # 0): the image side then enters the transformer once, shared by every prompt, and only becomes
         # per-prompt where the prompts first update it (saves the first block's image-side projections).
-        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
-            dense_prompt_embeddings = dense_prompt_embeddings[:1]
-        src = image_embeddings + dense_prompt_embeddings  # (1 or B, C, h, w)
-        channels, height, width = src.shape[1:]
-
-        tokens_out, src = self.transformer(src, image_pe, tokens)
+        channels, height, width = image_embeddings.shape[1:]
+        if prepared is not None:
+            tokens_out, src = self.transformer(None, None, tokens, prepared=prepared)
+        else:
+            if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+                dense_prompt_embeddings = dense_prompt_embeddings[:1]
+            src = image_embeddings + dense_prompt_embeddings  # (1 or B, C, h, w)
+            tokens_out, src = self.transformer(src, image_pe, tokens)
         batch = num_prompts
         iou_token_out = tokens_out[:, 0, :]
         mask_tokens_out = tokens_out[:, 1 : 1 + self.num_mask_tokens, :]

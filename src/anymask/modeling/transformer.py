@@ -25,9 +25,18 @@ Both cost less than the projections while ``T < C / (downsample_rate * H)`` (16 
 first block without mask prompts) the first token-to-image attention projects it once instead, if that is
 cheaper (3 prompts or more). ``fold=False`` runs the plain formulation everywhere (kept for benchmarks and
 tests).
+
+Prepared image side (:meth:`TwoWayTransformer.prepare`, exact): without a mask prompt the first block's image
+side depends on the image alone, so its three projections of the image tokens (keys and values of the
+token-to-image attention, queries of the image-to-token attention; ``N x C -> N x D`` each) can be computed
+once per image and reused by every prompt and every call. With them the first block's token-to-image attention
+costs ``2 N D T`` and the logits of its image-to-token attention ``N D T`` (instead of ``2 N C H T`` each
+folded): one click's decoder does about 16 % fewer multiply-adds, a long click sequence about 20 %.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +44,28 @@ from torch import nn
 
 from .common import MLPBlock
 
-__all__ = ["Attention", "TwoWayAttentionBlock", "TwoWayTransformer"]
+__all__ = ["Attention", "PreparedImage", "TwoWayAttentionBlock", "TwoWayTransformer"]
+
+
+class PreparedImage(NamedTuple):
+    """The image side of the first two-way block, computed once per image (:meth:`TwoWayTransformer.prepare`).
+
+    Valid only for prompts without a mask input (the dense prompt embedding is then the same for every prompt).
+
+    Attributes:
+        keys: ``(1, N, C)`` image tokens: image embedding plus the dense prompt embedding, rows in ``h x w``
+            order.
+        key_pe: ``(1, N, C)`` their positional encoding.
+        block_keys: ``(1, N, D)`` keys of the first token-to-image attention (projected ``keys + key_pe``).
+        block_values: ``(1, N, D)`` its values (projected ``keys``).
+        block_queries: ``(1, N, D)`` queries of the first image-to-token attention (projected ``keys + key_pe``).
+    """
+
+    keys: torch.Tensor
+    key_pe: torch.Tensor
+    block_keys: torch.Tensor
+    block_values: torch.Tensor
+    block_queries: torch.Tensor
 
 
 class TwoWayTransformer(nn.Module):
@@ -89,8 +119,27 @@ class TwoWayTransformer(nn.Module):
         """``"folded"`` or ``"plain"``: which evaluation :meth:`forward` uses (part of the ONNX cache key)."""
         return "folded" if self.fold else "plain"
 
+    def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> PreparedImage:
+        """The first block's image side for ``(1, C, h, w)`` image features and their positional encoding.
+
+        ``image_embedding`` must already include the dense prompt embedding (the no-mask embedding): the result
+        serves every prompt without a mask input on this image (pass it to :meth:`forward`).
+        """
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        k = keys + key_pe
+        first = self.layers[0]
+        return PreparedImage(
+            keys=keys,
+            key_pe=key_pe,
+            block_keys=first.cross_attn_token_to_image.k_proj(k),
+            block_values=first.cross_attn_token_to_image.v_proj(keys),
+            block_queries=first.cross_attn_image_to_token.q_proj(k),
+        )
+
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
@@ -99,18 +148,24 @@ class TwoWayTransformer(nn.Module):
                 prompts (cheaper: the first block's image side is then read once for the whole batch).
             image_pe: ``(B, C, h, w)`` or ``(1, C, h, w)`` positional encoding of the image features.
             point_embedding: ``(B, T, C)`` tokens; also used as their positional encoding.
+            prepared: :meth:`prepare` of the same ``(1, C, h, w)`` image side (the two tensors above are then
+                not read): the first block reuses its projections. Same result up to float32 rounding.
 
         Returns:
             Updated tokens ``(B, T, C)`` and updated image tokens ``(B, h * w, C)``.
         """
-        # (B, h*w, C), rows contiguous: every later product and LayerNorm reads them that way
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        if prepared is not None:
+            keys, key_pe = prepared.keys, prepared.key_pe
+        else:
+            # (B, h*w, C), rows contiguous: every later product and LayerNorm reads them that way
+            keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+            key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         fold = self.fold and self.final_attn_token_to_image.fold_pays(point_embedding.shape[1])
 
-        for layer in self.layers:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe, fold=fold)
+        for index, layer in enumerate(self.layers):
+            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe, fold=fold,
+                                  prepared=prepared if index == 0 else None)
 
         final = self.final_attn_token_to_image
         attend = final.token_to_image if fold else final
@@ -166,11 +221,13 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         fold: bool = False,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, T, C)`` tokens and ``(B or 1, N, C)`` image tokens (with their PEs) -> updated pair.
 
         ``fold`` evaluates the two cross-attentions through the token side (same result, see the module
-        docstring).
+        docstring); ``prepared`` (first block only, ``keys`` then shared) supplies the image side's
+        projections.
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
@@ -180,17 +237,24 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         q = queries + query_pe
-        k = keys + key_pe
         token_to_image = self.cross_attn_token_to_image
-        # image side shared by a batch (first block, no mask prompts): projecting it once may cost less
-        shared = keys.shape[0] == 1 and token_to_image.shared_projection_pays(*queries.shape[:2])
-        attended = (token_to_image.token_to_image if fold and not shared else token_to_image)(q=q, k=k, v=keys)
+        if prepared is not None:
+            k = None  # the image side's projections are prepared: keys + key_pe is never needed
+            attended = token_to_image.attend_projected(q, prepared.block_keys, prepared.block_values)
+        else:
+            k = keys + key_pe
+            # image side shared by a batch (first block, no mask prompts): projecting it once may cost less
+            shared = keys.shape[0] == 1 and token_to_image.shared_projection_pays(*queries.shape[:2])
+            attended = (token_to_image.token_to_image if fold and not shared else token_to_image)(q=q, k=k, v=keys)
         queries = self.norm2(queries + attended)
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        if fold:
+        if prepared is not None:
+            updated = self.cross_attn_image_to_token.image_to_token_projected(
+                prepared.block_queries, k=q, v=queries, residual=keys, fold=fold)
+        elif fold:
             updated = self.cross_attn_image_to_token.image_to_token(q=k, k=q, v=queries, residual=keys)
         else:
             updated = keys + self.cross_attn_image_to_token(q=k, k=q, v=queries)
@@ -255,6 +319,57 @@ class Attention(nn.Module):
     def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
         """A projection's weight ``(D, C)`` as ``(heads, d, C)``."""
         return linear.weight.reshape(self.num_heads, self.internal_dim // self.num_heads, -1)
+
+    def attend_projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with keys and values already projected and shared by the batch.
+
+        Args:
+            q: ``(B, T, C)`` query tokens.
+            k: ``(1, N, D)`` projected keys (``k_proj`` of the keys).
+            v: ``(1, N, D)`` projected values.
+
+        Returns:
+            ``(B, T, C)``: the ``B T`` queries of each head attend to the shared keys in one product.
+        """
+        batch, tokens, _ = q.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        queries = self._split_heads(self.q_proj(q)).transpose(0, 1).reshape(1, heads, batch * tokens, head_dim)
+        out = F.scaled_dot_product_attention(queries, self._split_heads(k), self._split_heads(v))  # (1, H, BT, d)
+        out = out.reshape(heads, batch, tokens, head_dim).permute(1, 2, 0, 3).reshape(batch, tokens, -1)
+        return self.out_proj(out)
+
+    def image_to_token_projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor,
+                                 fold: bool = True) -> torch.Tensor:
+        """``residual + forward(q, k, v)`` with the (many) queries already projected and shared by the batch.
+
+        Args:
+            q: ``(1, N, D)`` projected queries (``q_proj`` of the image tokens).
+            k: ``(B, T, C)`` key tokens.
+            v: ``(B, T, C)`` value tokens.
+            residual: ``(B, N, C)`` or ``(1, N, C)``, added to the result.
+            fold: apply the output projection to the values before the attention (cheaper while ``H T < D``).
+
+        Returns:
+            ``(B, N, C)``, equal to ``residual + forward(q, k, v)`` up to float32 rounding.
+        """
+        batch, tokens, _ = k.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
+        queries = self._split_heads(q)[0]  # (H, N, d)
+        # per head, the batch's B T keys against the N shared queries in one product: (H, B T, N)
+        logits = keys.transpose(0, 1).reshape(heads, batch * tokens, head_dim) @ queries.transpose(1, 2)
+        weights = logits.reshape(heads, batch, tokens, -1).softmax(dim=2).transpose(0, 1)  # (B, H, T, N)
+        if fold:
+            values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
+            out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)
+            folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
+            weights = weights.reshape(batch, heads * tokens, -1).transpose(1, 2)  # (B, N, HT)
+            if residual.shape[0] == batch:
+                return torch.baddbmm(residual, weights, folded_values)
+            return residual + weights @ folded_values
+        values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
+        out = (weights.transpose(2, 3) @ values).transpose(1, 2).reshape(batch, -1, self.internal_dim)
+        return residual + self.out_proj(out)
 
     def token_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` for few queries and many keys, folded: the keys and values are never projected.

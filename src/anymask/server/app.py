@@ -5,7 +5,9 @@ Endpoints (OpenAPI schema at ``/docs`` and ``/openapi.json``; see ``docs/web.md`
     GET  /                               the page
     GET  /health                         liveness, model, cache figures
     GET  /v1/models                      the loaded model; whether the page can decode in the browser
-    GET  /v1/models/{name}/decoder.onnx  the decoder graph the page runs with onnxruntime-web
+    GET  /v1/models/{name}/decoder.onnx  the decoder graph (?mask_input=false: without mask input)
+    GET  /v1/models/{name}/decoder_prepare.onnx, .../decoder_prepared.onnx
+                                         the two-part decoder the page runs with onnxruntime-web
     POST /v1/images                      upload (raw image body or multipart field "file") -> id; encodes once
     GET  /v1/images/{id}/embedding       the embedding as raw little-endian bytes (?dtype=float32|float16)
     POST /v1/images/{id}/segment         prompts -> masks (COCO RLE), scores, boxes
@@ -146,7 +148,9 @@ def create_app(
         """The model this server runs, and whether the page can decode prompts in the browser."""
         info = {"name": engine.name, "image_size": model.spec.image_size,
                 "mask_threshold": float(model.mask_threshold), "backend": engine.backend,
-                "decoder_url": f"/v1/models/{engine.name}/decoder.onnx"}
+                "decoder_url": f"/v1/models/{engine.name}/decoder.onnx",
+                "decoder_prepare_url": f"/v1/models/{engine.name}/decoder_prepare.onnx",
+                "decoder_prepared_url": f"/v1/models/{engine.name}/decoder_prepared.onnx"}
         return {"default": engine.name, "models": [info], "browser_decoding": assets.browser_decoding}
 
     @app.get("/v1/models/{name}/decoder.onnx", tags=["models"], responses={404: ERROR_RESPONSES[404]},
@@ -161,6 +165,25 @@ def create_app(
         path = await work("encode", engine.decoder_graph, mask_input)
         return FileResponse(path, media_type="application/octet-stream",
                             headers={"Cache-Control": "private, max-age=3600"})
+
+    async def prepared_graph(name: str, part: str) -> FileResponse:
+        if name != engine.name:
+            raise StarletteHTTPException(404, f"model {name!r} is not loaded; this server runs {engine.name!r}")
+        path = await work("encode", engine.prepared_decoder_graph, part)
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/models/{name}/decoder_prepare.onnx", tags=["models"], responses={404: ERROR_RESPONSES[404]},
+             response_class=FileResponse)
+    async def decoder_prepare_graph(name: str) -> FileResponse:
+        """First part of the page's decoder: the image side, run once per image (see ``docs/web.md``)."""
+        return await prepared_graph(name, "prepare")
+
+    @app.get("/v1/models/{name}/decoder_prepared.onnx", tags=["models"], responses={404: ERROR_RESPONSES[404]},
+             response_class=FileResponse)
+    async def decoder_prepared_graph(name: str) -> FileResponse:
+        """Second part of the page's decoder: prompts -> masks with the prepared image side (``docs/web.md``)."""
+        return await prepared_graph(name, "decode")
 
     # ------------------------------------------------------------------------------------------- images
 

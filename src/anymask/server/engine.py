@@ -243,5 +243,20 @@ class SegmentEngine:
 
         return build_graphs(self.model) / (DECODER_FILE if mask_input else DECODER_NO_MASK_FILE)
 
+    def prepared_decoder_graph(self, part: str) -> Path:
+        """The two-part decoder the page runs (float32, the runtime's cached graphs; no mask input).
+
+        ``part="prepare"``: ``image_embeddings`` -> ``keys``, ``key_pe`` ``(1, N, 256)``, ``block_keys``,
+        ``block_values``, ``block_queries`` ``(1, N, 128)`` (N = grid cells), run once per image;
+        ``part="decode"``: ``image_embeddings``, ``point_coords``, ``point_labels``, ``orig_im_size`` and those
+        five -> ``low_res_masks`` ``(B, 4, 256, 256)``, ``iou_predictions`` ``(B, 4)``, the same as
+        :meth:`decoder_graph` without mask input with fewer multiply-adds per prompt.
+        """
+        from ..runtime import DECODER_PREPARE_FILE, DECODER_PREPARED_FILE, build_graphs
+
+        if part not in ("prepare", "decode"):
+            raise ValueError(f"unknown decoder part {part!r}")
+        return build_graphs(self.model) / (DECODER_PREPARE_FILE if part == "prepare" else DECODER_PREPARED_FILE)
+
 
 __all__ = ["ImageTooLarge", "SegmentEngine", "UnknownImage", "open_upload"]

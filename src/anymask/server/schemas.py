@@ -118,7 +118,9 @@ class ModelInfo(BaseModel):
     image_size: int
     mask_threshold: float
     backend: str = Field(description="how the server runs the model: torch, onnx or onnx-int8")
-    decoder_url: str = Field(description="the decoder ONNX graph the page runs in the browser")
+    decoder_url: str = Field(description="the decoder ONNX graph (low resolution, all four mask tokens)")
+    decoder_prepare_url: str = Field(description="the page's decoder, part 1: the image side, once per image")
+    decoder_prepared_url: str = Field(description="the page's decoder, part 2: prompts with the prepared image side")
 
 
 class ModelsResponse(BaseModel):
