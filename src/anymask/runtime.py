@@ -49,9 +49,9 @@ DECODER_PREPARED_FILE = "decoder_low_res_prepared.onnx"
 DECODER_NO_MASK_INT8_FILE = "decoder_low_res_no_mask_int8_upscaling.onnx"
 #: decoder precisions of :meth:`OnnxRunner.decode`
 DECODER_PRECISIONS = ("fp32", "int8")
-#: part of the cache key: bump when the graphs' contract changes (2: decoders take any embedding grid; 3: the
-#: prepared decoder)
-GRAPHS_REVISION = "3"
+#: part of the cache key: bump when the graphs change (2: decoders take any embedding grid; 3: the prepared
+#: decoder; 4: the final attention for the output tokens only)
+GRAPHS_REVISION = "4"
 RUNTIME_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE, DECODER_PREPARE_FILE, DECODER_PREPARED_FILE)
 #: unpadded encoder sessions an :class:`OnnxRunner` keeps open (one per input shape)
 MAX_SHAPE_ENCODERS = 2

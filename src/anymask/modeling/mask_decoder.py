@@ -132,13 +132,15 @@ class MaskDecoder(nn.Module):
         # 0): the image side then enters the transformer once, shared by every prompt, and only becomes
         # per-prompt where the prompts first update it (saves the first block's image-side projections).
         channels, height, width = image_embeddings.shape[1:]
+        # only the output tokens are read after the transformer: its final attention skips the prompt tokens
+        outputs = 1 + self.num_mask_tokens
         if prepared is not None:
-            tokens_out, src = self.transformer(None, None, tokens, prepared=prepared)
+            tokens_out, src = self.transformer(None, None, tokens, prepared=prepared, num_outputs=outputs)
         else:
             if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
                 dense_prompt_embeddings = dense_prompt_embeddings[:1]
             src = image_embeddings + dense_prompt_embeddings  # (1 or B, C, h, w)
-            tokens_out, src = self.transformer(src, image_pe, tokens)
+            tokens_out, src = self.transformer(src, image_pe, tokens, num_outputs=outputs)
         batch = num_prompts
         iou_token_out = tokens_out[:, 0, :]
         mask_tokens_out = tokens_out[:, 1 : 1 + self.num_mask_tokens, :]

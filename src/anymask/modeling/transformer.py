@@ -140,6 +140,7 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor,
         prepared: PreparedImage | None = None,
+        num_outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
@@ -150,9 +151,13 @@ class TwoWayTransformer(nn.Module):
             point_embedding: ``(B, T, C)`` tokens; also used as their positional encoding.
             prepared: :meth:`prepare` of the same ``(1, C, h, w)`` image side (the two tensors above are then
                 not read): the first block reuses its projections. Same result up to float32 rounding.
+            num_outputs: return only the first ``num_outputs`` tokens (the mask decoder reads its output tokens
+                and never the prompt tokens): the final attention then runs for those alone (each query's
+                attention is independent of the others', so they are exact), which saves most of it for long
+                prompts.
 
         Returns:
-            Updated tokens ``(B, T, C)`` and updated image tokens ``(B, h * w, C)``.
+            Updated tokens ``(B, T, C)`` (``(B, num_outputs, C)``) and updated image tokens ``(B, h * w, C)``.
         """
         if prepared is not None:
             keys, key_pe = prepared.keys, prepared.key_pe
@@ -168,6 +173,9 @@ class TwoWayTransformer(nn.Module):
                                   prepared=prepared if index == 0 else None)
 
         final = self.final_attn_token_to_image
+        if num_outputs is not None:
+            queries, point_embedding = queries[:, :num_outputs], point_embedding[:, :num_outputs]
+            fold = self.fold and final.fold_pays(num_outputs)
         attend = final.token_to_image if fold else final
         attended = attend(q=queries + point_embedding, k=keys + key_pe, v=keys)
         queries = self.norm_final_attn(queries + attended)
