@@ -47,6 +47,7 @@ DECODER_PREPARE_FILE = "decoder_prepare.onnx"
 DECODER_PREPARED_FILE = "decoder_low_res_prepared.onnx"
 #: the no-mask decoder with its mask upscaling in int8 (``decode(..., precision="int8")``), made on first use
 DECODER_NO_MASK_INT8_FILE = "decoder_low_res_no_mask_int8_upscaling.onnx"
+DECODER_PREPARED_INT8_FILE = "decoder_low_res_prepared_int8_upscaling.onnx"
 #: decoder precisions of :meth:`OnnxRunner.decode`
 DECODER_PRECISIONS = ("fp32", "int8")
 #: part of the cache key: bump when the graphs change (2: decoders take any embedding grid; 3: the prepared
@@ -179,7 +180,7 @@ class OnnxRunner:
         # decoding without a prepared image side
         self._decoder = self._decoder_no_mask = None
         self._shape_encoders: dict[tuple[int, int, int], object] = {}
-        self._decoder_no_mask_int8 = None
+        self._int8_decoders: dict[str, object] = {}
 
     @property
     def decoder(self):
@@ -247,16 +248,19 @@ class OnnxRunner:
             self._shape_encoders.pop(next(iter(self._shape_encoders)))
         return encoder
 
-    def _int8_decoder(self):
-        """The no-mask decoder session with the mask upscaling in int8 (the graph is written once, atomically)."""
-        if self._decoder_no_mask_int8 is None:
-            path = self._folder / DECODER_NO_MASK_INT8_FILE
+    def _int8_decoder(self, prepared: bool):
+        """A no-mask decoder session (one-part, or taking the prepared image side) with the mask upscaling in
+        int8 (the graph is written once, atomically)."""
+        name, source = ((DECODER_PREPARED_INT8_FILE, DECODER_PREPARED_FILE) if prepared
+                        else (DECODER_NO_MASK_INT8_FILE, DECODER_NO_MASK_FILE))
+        if name not in self._int8_decoders:
+            path = self._folder / name
             if not path.is_file():
                 from .export import quantize_upscaling_int8
 
-                quantize_upscaling_int8(self._folder / DECODER_NO_MASK_FILE, path)
-            self._decoder_no_mask_int8 = self._session(DECODER_NO_MASK_INT8_FILE, decoder=True)
-        return self._decoder_no_mask_int8
+                quantize_upscaling_int8(self._folder / source, path)
+            self._int8_decoders[name] = self._session(name, decoder=True)
+        return self._int8_decoders[name]
 
     def decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
                original_size: tuple[int, int], precision: str = "fp32",
@@ -273,8 +277,8 @@ class OnnxRunner:
             precision: ``"fp32"``, or ``"int8"``: the mask upscaling's matrix products in int8 (prompts without a
                 mask input only; see :func:`anymask.export.quantize_upscaling_int8`), about 1.2x faster, masks
                 not identical to float32's.
-            prepared: :meth:`prepare` of ``features`` (used for prompts without a mask input in float32: the
-                same logits up to float32 rounding, fewer multiply-adds).
+            prepared: :meth:`prepare` of ``features`` (used for prompts without a mask input: the same logits up
+                to float32 rounding, fewer multiply-adds).
         """
         if precision not in DECODER_PRECISIONS:
             raise ModelError(f"unknown decoder precision {precision!r}: choose one of {', '.join(DECODER_PRECISIONS)}")
@@ -284,10 +288,11 @@ class OnnxRunner:
             "point_labels": np.ascontiguousarray(labels, dtype=np.float32),
             "orig_im_size": np.asarray(original_size, dtype=np.int64),
         }
-        if mask_input is None and prepared is not None and precision == "fp32":
-            low_res, iou = self.decoder_prepared.run(None, {**feed, **prepared})
+        if mask_input is None and prepared is not None:
+            decoder = self._int8_decoder(prepared=True) if precision == "int8" else self.decoder_prepared
+            low_res, iou = decoder.run(None, {**feed, **prepared})
         elif mask_input is None:
-            decoder = self._int8_decoder() if precision == "int8" else self.decoder_no_mask
+            decoder = self._int8_decoder(prepared=False) if precision == "int8" else self.decoder_no_mask
             low_res, iou = decoder.run(None, feed)
         else:
             feed["mask_input"] = np.ascontiguousarray(mask_input, dtype=np.float32)
