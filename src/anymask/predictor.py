@@ -127,9 +127,6 @@ class ImageEmbedding:
 
 #: prompts decoded at once by :meth:`Predictor.predict_low_res` and :meth:`Predictor.predict`
 DECODE_CHUNK = 8
-#: a decoder call of this many prompts without mask input prepares the image side at once (see
-#: :meth:`Predictor._wants_prepared`; otherwise from the second call on the same image)
-PREPARE_MIN_BATCH = 3
 
 
 def _prompt_slice(prompts: Prompts, start: int, stop: int) -> Prompts:
@@ -188,9 +185,8 @@ class Predictor:
         self._embedding: ImageEmbedding | None = None
         self._features: torch.Tensor | None = None
         # the decoder's first block on this image's side (see :class:`~anymask.modeling.transformer.PreparedImage`):
-        # torch tensors, or the onnx runner's arrays; made by :meth:`_wants_prepared` once it pays
+        # torch tensors, or the onnx runner's arrays; made on the image's first prompt without a mask input
         self._prepared = None
-        self._unprepared_calls = 0  # decoder calls without mask input on this image before it was prepared
 
     @property
     def device(self) -> torch.device:
@@ -292,7 +288,7 @@ class Predictor:
             input_size=input_size,
             model=self.spec.name,
         )
-        self._embedding, self._features, self._prepared, self._unprepared_calls = embedding, features, None, 0
+        self._embedding, self._features, self._prepared = embedding, features, None
         return embedding
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
@@ -317,7 +313,7 @@ class Predictor:
         if problem:
             raise ModelError(f"embedding does not fit this predictor: {problem}")
         dtype = next(self.model.parameters()).dtype
-        self._embedding, self._prepared, self._unprepared_calls = embedding, None, 0
+        self._embedding, self._prepared = embedding, None
         self._features = torch.tensor(np.asarray(embedding.features), dtype=dtype, device=self.device)
 
     @property
@@ -329,7 +325,7 @@ class Predictor:
 
     def reset_image(self) -> None:
         """Forget the current image."""
-        self._embedding, self._features, self._prepared, self._unprepared_calls = None, None, None, 0
+        self._embedding, self._features, self._prepared = None, None, None
 
     # ---------------------------------------------------------------------------------------------------
     # Prompts
@@ -474,28 +470,23 @@ class Predictor:
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
-            prepared=self._prepared_image(image_pe, dense, len(sparse)) if masks_t is None else None,
+            prepared=self._prepared_image(image_pe, dense) if masks_t is None else None,
         )
 
-    def _wants_prepared(self, batch: int) -> bool:
-        """Whether a decoder call of ``batch`` prompts without mask input should use the prepared image side.
+    def _wants_prepared(self) -> bool:
+        """Whether prompts without mask input use the prepared image side (always, except in the plain formulation,
+        ``transformer.fold = False``, which keeps SAM's order of operations).
 
-        Preparing costs about two prompts' worth of the first block (0.81 GFLOP for MobileSAM) and saves about
-        0.35 GFLOP per later prompt, so it is done when it pays: for a call of :data:`PREPARE_MIN_BATCH` prompts
-        or more, or from the second call on the same image (an interactive session's second click). One prompt per
-        image (a video frame's box, one box per photo) never prepares. The plain formulation
-        (``transformer.fold = False``: SAM's order of operations) never does.
+        Preparing costs about 0.81 GFLOP once per image (MobileSAM) and saves about 0.35 GFLOP per prompt (more
+        for long ones): it pays from the third prompt on an image. It is done on the first one all the same, so
+        that a prompt's result never depends on what was asked before on the image (the two paths agree to
+        float32 rounding only).
         """
-        if not getattr(self.model.mask_decoder.transformer, "fold", False):
-            return False
-        if self._prepared is not None:
-            return True
-        self._unprepared_calls += 1
-        return batch >= PREPARE_MIN_BATCH or self._unprepared_calls > 1
+        return bool(getattr(self.model.mask_decoder.transformer, "fold", False))
 
-    def _prepared_image(self, image_pe: torch.Tensor, dense: torch.Tensor, batch: int):
+    def _prepared_image(self, image_pe: torch.Tensor, dense: torch.Tensor):
         """The decoder's prepared image side (torch) when :meth:`_wants_prepared`, else None."""
-        if not self._wants_prepared(batch):
+        if not self._wants_prepared():
             return None
         if self._prepared is None:
             self._prepared = self.model.mask_decoder.prepare(self._features, image_pe, dense)
@@ -518,7 +509,7 @@ class Predictor:
             labels.append(-np.ones((batch, 1), dtype=np.float32))
         features = self._features.numpy()
         prepared = None
-        if prompts.mask_input is None and self._wants_prepared(batch):
+        if prompts.mask_input is None and self._wants_prepared():
             if self._prepared is None:
                 self._prepared = self._runner.prepare(features)
             prepared = self._prepared
