@@ -30,7 +30,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
@@ -470,26 +470,24 @@ class Predictor:
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
-            prepared=self._prepared_image(image_pe, dense) if masks_t is None else None,
+            prepared=(self._prepared_image(lambda: self.model.mask_decoder.prepare(self._features, image_pe, dense))
+                      if masks_t is None else None),
         )
 
-    def _wants_prepared(self) -> bool:
-        """Whether prompts without mask input use the prepared image side (always, except in the plain formulation,
-        ``transformer.fold = False``, which keeps SAM's order of operations).
+    def _prepared_image(self, make: Callable[[], Any]) -> Any:
+        """The decoder's prepared image side for prompts without mask input, made by ``make()`` on the image's
+        first such prompt and kept with the embedding; None in the plain formulation (``transformer.fold =
+        False``, which keeps SAM's order of operations).
 
         Preparing costs about 0.81 GFLOP once per image (MobileSAM) and saves about 0.35 GFLOP per prompt (more
         for long ones): it pays from the third prompt on an image. It is done on the first one all the same, so
         that a prompt's result never depends on what was asked before on the image (the two paths agree to
         float32 rounding only).
         """
-        return bool(getattr(self.model.mask_decoder.transformer, "fold", False))
-
-    def _prepared_image(self, image_pe: torch.Tensor, dense: torch.Tensor):
-        """The decoder's prepared image side (torch) when :meth:`_wants_prepared`, else None."""
-        if not self._wants_prepared():
+        if not getattr(self.model.mask_decoder.transformer, "fold", False):
             return None
         if self._prepared is None:
-            self._prepared = self.model.mask_decoder.prepare(self._features, image_pe, dense)
+            self._prepared = make()
         return self._prepared
 
     def _decode_low_res_onnx(self, prompts: Prompts, multimask: bool, precision: str = "fp32"
@@ -509,10 +507,8 @@ class Predictor:
             labels.append(-np.ones((batch, 1), dtype=np.float32))
         features = self._features.numpy()
         prepared = None
-        if prompts.mask_input is None and self._wants_prepared():
-            if self._prepared is None:
-                self._prepared = self._runner.prepare(features)
-            prepared = self._prepared
+        if prompts.mask_input is None:
+            prepared = self._prepared_image(lambda: self._runner.prepare(features))
         low_res, iou = self._runner.decode(
             features, np.concatenate(coords, axis=1), np.concatenate(labels, axis=1),
             prompts.mask_input, self.embedding.original_size, precision, prepared,
