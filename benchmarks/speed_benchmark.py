@@ -16,6 +16,11 @@ medians over ``--repeats`` runs, ratios to the reference, peak RSS, and the comp
 ``torch.utils.flop_counter`` / the sgemm throughput measured in the same run). Mask IoU against anymask's
 exact float32 torch path is reported for every system on the same prompts.
 
+The reference needs torchvision, so every system runs in this interpreter's torch (on our machines the CUDA
+build, whose ``import torch`` alone takes ~500 MB). ``--product-python`` also runs anymask's default backend
+(system ``onnx-product``) under another interpreter, e.g. a venv made by ``pip install .`` with the CPU build of
+torch that the product pins, with this checkout's ``src`` first on its path: its peak RSS is a user's.
+
     flock /tmp/anymask-bench.lock python benchmarks/speed_benchmark.py   # writes benchmarks/results/speed.{json,md}
 """
 
@@ -131,7 +136,7 @@ class _Anymask:
         from anymask import Predictor, load_model
 
         model = load_model("mobile_sam", progress=False)
-        backend = system.removesuffix("-plain")
+        backend = system.removesuffix("-product").removesuffix("-plain")
         model.mask_decoder.transformer.fold = system == backend  # "<backend>-plain": the plain decoder
         self.p = Predictor(model, backend=backend)
 
@@ -233,10 +238,25 @@ def accuracy(mask_files: dict[str, str], base: str = "torch") -> dict:
     return out
 
 
-def _run_child(args: list[str]) -> dict:
+def _run_child(args: list[str], python: str | None = None) -> dict:
     env = dict(os.environ, ANYMASK_BACKEND="")
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env)
+    if python:  # another interpreter: this checkout's package first on its path
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    done = subprocess.run([python or sys.executable, __file__, *args], capture_output=True, text=True, check=True,
+                          env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _warm_graphs(system: str, python: str | None = None) -> None:
+    """Export / cache the ONNX graphs of ``system`` outside the timed processes."""
+    env = dict(os.environ)
+    if python:
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    backend = system.removesuffix("-product").removesuffix("-plain")
+    subprocess.run([python or sys.executable, "-c", "from anymask import Predictor, load_model; "
+                    "m = load_model('mobile_sam', progress=False); "
+                    f"m.mask_decoder.transformer.fold = {not system.endswith('-plain')}; "
+                    f"Predictor(m, backend='{backend}')"], check=True, env=env)
 
 
 def markdown(result: dict) -> str:
@@ -265,6 +285,8 @@ def markdown(result: dict) -> str:
                        ("peak_rss_mb", "peak RSS incl. the 64-prompt batch (MB)")):
         lines.append(f"| {label} | " + " | ".join(f"{r[key]:.0f}" for r in result["runs"]) + " |" +
                      " |" * (len(systems) - 1 + len(pairs)))
+    lines.append("| torch of the process | " + " | ".join(r.get("torch", "?") for r in result["runs"]) + " |" +
+                 " |" * (len(systems) - 1 + len(pairs)))
     acc = result["accuracy"]
     lines.append("| min mask IoU vs torch fp32 | " + " | ".join(f"{acc[s]['min_iou']:.4f}" for s in systems) + " |" +
                  " |" * (len(systems) - 1 + len(pairs)))
@@ -287,6 +309,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per operation (median reported)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--out", default=str(RESULTS / "speed"), help="results path without extension")
+    parser.add_argument("--product-python", help="also run anymask's onnx backend (system onnx-product) under this "
+                        "interpreter, e.g. a venv with the CPU build of torch that the product installs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--masks", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,17 +322,18 @@ def main() -> None:
         return
     systems = args.systems.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for system in systems:  # export / cache the ONNX graphs outside the timed processes
+        for system in systems:
             if system.startswith("onnx"):
-                subprocess.run([sys.executable, "-c", "from anymask import Predictor, load_model; "
-                                "m = load_model('mobile_sam', progress=False); "
-                                f"m.mask_decoder.transformer.fold = {not system.endswith('-plain')}; "
-                                f"Predictor(m, backend='{system.removesuffix('-plain')}')"], check=True)
+                _warm_graphs(system)
+        if args.product_python:
+            _warm_graphs("onnx-product", args.product_python)
         load_before = os.getloadavg()
         runs, files = [], {}
-        for system in systems:
+        for system in systems + (["onnx-product"] if args.product_python else []):
             files[system] = os.path.join(tmp, f"{system}.npz")
-            runs.append(_run_child(["--child", system, "--repeats", str(args.repeats), "--masks", files[system]]))
+            python = args.product_python if system == "onnx-product" else None
+            runs.append(_run_child(["--child", system, "--repeats", str(args.repeats), "--masks", files[system]],
+                                   python))
             print(f"{system}: {json.dumps(runs[-1]['ms'])}", flush=True)
         bound = _run_child(["--child", "bound"])
         acc = accuracy(files, base="torch" if "torch" in files else systems[0])

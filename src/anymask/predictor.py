@@ -125,8 +125,11 @@ class ImageEmbedding:
         return None
 
 
-#: prompts decoded at once by :meth:`Predictor.predict_low_res` and :meth:`Predictor.predict`
-DECODE_CHUNK = 8
+#: prompts decoded at once by :meth:`Predictor.predict_low_res` and :meth:`Predictor.predict`. The decoder's
+#: activations are about 50 MB per prompt (MobileSAM, onnx: 16 boxes peaked 262 MB above the session with 8, 98
+#: with 2); each prompt's matrix products have 4096 rows or more already, so smaller chunks cost no speed
+#: (16 boxes: 354 / 341 / 332 / 349 ms for chunks of 8 / 4 / 2 / 1; 64 points at low res, 1149 / 1069 ms for 8 / 2)
+DECODE_CHUNK = 2
 
 
 def _prompt_slice(prompts: Prompts, start: int, stop: int) -> Prompts:
@@ -437,9 +440,9 @@ class Predictor:
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores.
 
-        Large batches are decoded :data:`DECODE_CHUNK` prompts at a time: the decoder holds a
-        ``(B, 4096, 256)`` float32 copy of the image side per prompt (4 MB each), and chunks keep the peak
-        memory bounded at no cost in speed (a chunk's matrix products are already large).
+        Large batches are decoded :data:`DECODE_CHUNK` prompts at a time: the decoder holds several
+        ``(B, 4096, 256)`` float32 copies of the image side and the upscaled features per prompt, and chunks keep
+        the peak memory bounded at no cost in speed (a chunk's matrix products are already large).
         """
         batch = len(next(a for a in (prompts.points, prompts.boxes, prompts.mask_input) if a is not None))
         if batch > DECODE_CHUNK:
@@ -522,8 +525,12 @@ class Predictor:
         low_res, scores = self._decode_low_res(prompts, multimask)
         if return_logits:
             return self.upscale(low_res), scores, low_res
-        # one prompt at a time: only (C, H, W) float logits exist at once, the result is bool
-        masks = torch.cat([self.upscale(low_res[i : i + 1]) > self.model.mask_threshold for i in range(len(low_res))])
+        # one map at a time: only one (H, W) float map exists at once, the result is bool
+        batch, count = low_res.shape[:2]
+        masks = torch.empty((batch, count, *self.embedding.original_size), dtype=torch.bool, device=low_res.device)
+        for i in range(batch):
+            for j in range(count):
+                torch.gt(self.upscale(low_res[i : i + 1, j : j + 1])[0, 0], self.model.mask_threshold, out=masks[i, j])
         return masks, scores, low_res
 
     def _scale(self) -> np.ndarray:
@@ -542,6 +549,8 @@ class Predictor:
         frame = (factor * low_res.shape[-2], factor * low_res.shape[-1])
         x = F.interpolate(low_res, frame, mode="bilinear", align_corners=False)
         x = x[..., :h, :w]
+        if (h, w) == tuple(self.embedding.original_size):  # the identity resize (scale 1, half-pixel centres)
+            return x
         return F.interpolate(x, self.embedding.original_size, mode="bilinear", align_corners=False)
 
     def session(self, image: Any = None, **options: Any) -> "InteractiveSession":

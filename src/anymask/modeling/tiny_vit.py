@@ -8,6 +8,14 @@ ends at a 64x64 grid, like SAM's ViT. A convolutional neck maps to the 256-chann
 ``patch_stride`` selects the stem: 4 (two 3x3 stride-2 convolutions, MobileSAM, 1024 px input) or
 1 (two 1x1 stride-1 convolutions, LiteMedSAM, 256 px input). Module and parameter names match the
 released checkpoints so that their state dicts load with strict key matching.
+
+Memory: the convolutional part (stem and first stage) works at the highest resolution: at 1024 px each
+of its expanded MBConv tensors is ``256 x 256 x 256`` float32, 64 MB, and it held most of the encoder's
+peak memory. It only mixes neighbouring rows (3x3 convolutions), so :class:`TinyViT` computes it in
+horizontal stripes with a halo of rows wide enough that every output row sees exactly the inputs it sees
+in one pass; the MLPs of the second stage (``128 x 128`` tokens, hidden width 512: 32 MB per tensor) run
+over stripes of rows too (they act on each token alone). ``stripe_rows`` sets the stripes; the result is
+the same up to float32 rounding (tested), and the encoder is no slower (smaller working sets).
 """
 
 from __future__ import annotations
@@ -201,6 +209,8 @@ class TinyViTBlock(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.window_size = window_size
+        #: run the MLP over stripes of this many rows when the grid has more than twice as many (None: never)
+        self.mlp_stripe_rows: int | None = None
         self.attn = Attention(dim, dim // num_heads, num_heads, resolution=(window_size, window_size))
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.local_conv = Conv2d_BN(
@@ -222,6 +232,11 @@ class TinyViTBlock(nn.Module):
         x = x + y
 
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        rows = self.mlp_stripe_rows
+        if rows and height > 2 * rows:  # per token: in stripes of rows, to bound the hidden activations
+            # explicit sizes: traced for ONNX, a split by size alone assumes equal parts when the height is symbolic
+            sizes = [rows] * (int(height) // rows) + ([int(height) % rows] if int(height) % rows else [])
+            return torch.cat([part + self.mlp(part) for part in x.split(sizes, dim=1)], dim=1)
         return x + self.mlp(x)
 
 
@@ -271,6 +286,10 @@ class TinyViT(nn.Module):
         local_conv_size: Kernel of the depthwise convolution inside attention blocks.
         patch_stride: Stem stride, 4 or 1 (see above).
         out_chans: Channels of the output embedding.
+        stripe_rows: Compute the convolutional stem and first stage this many output rows at a time
+            (output of the first stage: ``H / 8`` rows for ``patch_stride=4``), and the MLPs of blocks whose
+            grid has more than twice as many rows in stripes of as many rows, to bound the memory; ``None``
+            or 0 computes everything in one pass. The attribute may be changed later.
         num_classes: Size of the ImageNet classifier head (``norm_head``, ``head``) that some
             checkpoints carry; it is never used and is created only so that such checkpoints load
             with strict keys. 0 (default) leaves it out. MobileSAM's checkpoint needs 1000.
@@ -290,6 +309,7 @@ class TinyViT(nn.Module):
         patch_stride: int = 4,
         out_chans: int = 256,
         num_classes: int = 0,
+        stripe_rows: int | None = 32,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -323,10 +343,65 @@ class TinyViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
+        self.stripe_rows = stripe_rows
+
+    @property
+    def stripe_rows(self) -> int | None:
+        """Rows per stripe of the high-resolution parts (see the class docstring); ``None``: one pass."""
+        return self._stripe_rows
+
+    @stripe_rows.setter
+    def stripe_rows(self, rows: int | None) -> None:
+        self._stripe_rows = rows
+        for layer in self.layers[1:]:
+            for block in layer.blocks:
+                block.mlp_stripe_rows = rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, out_chans, h, w)``; ``h = w = 64`` for the official models."""
-        x = self.patch_embed(x)
-        for layer in self.layers:
+        x = self.convolutional_stage(x)
+        for layer in self.layers[1:]:
             x = layer(x)
         return self.neck(x)
+
+    def convolutional_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and first stage, ``(B, in_chans, H, W) -> (B, embed_dims[1], h1, w1)``, in stripes of rows.
+
+        Every operation in this part is per pixel except the 3x3 convolutions, each of which reads one row
+        above and below. A stripe of output rows ``[u0, u1)`` is computed from input rows
+        ``[s (u0 - halo), s (u1 + halo))`` (``s`` the part's stride): the zero padding at a stripe's cut
+        corrupts only the halo rows, which are dropped, so the kept rows are those of one pass.
+        """
+        rows = self.stripe_rows
+        stride, halo = self._stem_stride_and_halo()
+        height = int(x.shape[-2])  # a constant when traced for ONNX (the stripes are laid out for one height)
+        out_rows = -(-height // stride)
+        if not rows or out_rows <= rows + halo:
+            return self.layers[0](self.patch_embed(x))
+        stripes = []
+        for start in range(0, out_rows, rows):
+            stop = min(start + rows, out_rows)
+            first = max(start - halo, 0)
+            part = x[:, :, first * stride : min((stop + halo) * stride, height)]
+            stripes.append(self.layers[0](self.patch_embed(part))[:, :, start - first : stop - first])
+        return torch.cat(stripes, dim=2)
+
+    def _stem_stride_and_halo(self) -> tuple[int, int]:
+        """Stride of stem + first stage, and the halo (in its output rows) that keeps stripes exact.
+
+        Rows corrupted at a stripe's top edge, at the stem's output resolution: 1 with 3x3 stride-2 stem
+        convolutions (their zero padding reaches the first row), 0 with 1x1 ones; each MBConv's depthwise
+        3x3 convolution corrupts one row more; the merge's stride-2 3x3 convolution then reads rows
+        ``2j - 1 .. 2j + 1``, so its output row ``j`` is clean for ``2 j - 1 >= corrupted``. The bottom edge
+        corrupts fewer rows (stride-2 convolutions over an even number of rows never read its padding).
+        """
+        stage = self.layers[0]
+        stem_kernel = self.patch_embed.seq[0].c.kernel_size[0]
+        stem_stride = self.patch_embed.seq[0].c.stride[0] * self.patch_embed.seq[2].c.stride[0]
+        merge_stride = stage.downsample.conv2.c.stride[0] if stage.downsample is not None else 1
+        corrupted = (1 if stem_kernel > 1 else 0) + len(stage.blocks)
+        if merge_stride == 1:
+            halo = corrupted + 1  # the merge's 3x3 convolution reads one row more
+        else:
+            halo = (corrupted + 2) // 2  # smallest j with 2 j - 1 >= corrupted
+        return stem_stride * merge_stride, halo
