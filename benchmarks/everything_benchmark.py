@@ -45,7 +45,9 @@ PHOTOS = ("grabcut/images/106024.jpg", "davis2016_val/images/blackswan/00000.jpg
           "davis2016_val/images/camel/00000.jpg")
 ARGS: argparse.Namespace | None = None
 SYSTEMS = {"reference": {}, "anymask_plain": {}, "anymask": {}, "anymask_skip": {"skip_covered_points": True},
-           "anymask_int8": {"precision": "int8"}}
+           "anymask_int8": {"precision": "int8"}, "anymask_product": {}}
+#: run only with --product-python: anymask's defaults under another interpreter (the product's torch build)
+PRODUCT_SYSTEM = "anymask_product"
 
 
 def photo_1024(rel: str) -> np.ndarray:
@@ -107,7 +109,8 @@ def worker(system: str, photos: list[str], coco: list[str], out: Path, points_pe
                                            **SYSTEMS[system])
         warm = AutomaticMaskGenerator(model, points_per_side=2, output_mode="coco_rle")
     warm.generate(photo_1024(photos[0])[:256, :256].copy())  # first-call initialisation, not timed
-    result: dict = {"system": system, "threads": torch.get_num_threads(), "photos": [], "coco": []}
+    result: dict = {"system": system, "threads": torch.get_num_threads(), "photos": [], "coco": [],
+                    "torch": torch.__version__}
     for rel in photos:
         image = photo_1024(rel)
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -177,7 +180,8 @@ def coco_recall(entries: list[dict]) -> tuple[float, int]:
 def start_worker(system: str, photos: list[str], coco: list[str], tmp: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp / f"everything_{system}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "--worker", system, "--photos", *photos, "--coco", *coco, "--out", str(out),
+    python = ARGS.product_python if system == PRODUCT_SYSTEM else sys.executable
+    cmd = [python, __file__, "--worker", system, "--photos", *photos, "--coco", *coco, "--out", str(out),
            "--points-per-side", str(ARGS.points_per_side), "--threads", str(ARGS.threads)]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(cmd, env=env), out
@@ -194,7 +198,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3, help="timed 1024 px photos (max %d)" % len(PHOTOS))
     parser.add_argument("--coco-images", type=int, default=8, help="COCO128 images for anymask's recall")
     parser.add_argument("--reference-coco-images", type=int, default=2, help="of those, how many for the reference")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != PRODUCT_SYSTEM),
+                        help="comma-separated subset of " + ",".join(s for s in SYSTEMS if s != PRODUCT_SYSTEM))
+    parser.add_argument("--product-python", help=f"also run {PRODUCT_SYSTEM}: anymask's defaults under this interpreter "
+                        "(e.g. a venv with the CPU build of torch that the product installs; this checkout's src first "
+                        "on its path): a user's peak memory, where the reference needs torchvision and so the CUDA build")
     parser.add_argument("--parallel", action="store_true",
                         help="run the baseline's worker (the reference) at the same time as the other systems' "
                         "workers, which run one after another: two workers at a time, one per core with --threads 1")
@@ -227,7 +235,7 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     results = {}
-    systems = args.systems.split(",")
+    systems = args.systems.split(",") + ([PRODUCT_SYSTEM] if args.product_python else [])
     reused = [s for s in args.reuse.split(",") if s]
     for s in reused:  # a system whose worker output from an earlier run (same photos) is kept
         results[s] = json.loads((tmp / f"everything_{s}.json").read_text())
@@ -267,7 +275,7 @@ def summarise(results: dict, photos: list[str], ref_coco: list[str], baseline: s
         row: dict = {"system": system, "peak_rss_mb": res["peak_rss_mb"], "threads": res["threads"],
                      "complete": bool(res.get("complete", True)),
                      "seconds": [p["seconds"] for p in res["photos"]],
-                     "masks": [len(p["rles"]) for p in res["photos"]]}
+                     "masks": [len(p["rles"]) for p in res["photos"]], "torch": res.get("torch", "?")}
         row["mean_seconds"] = float(np.mean(row["seconds"]))
         row["cpu_seconds"] = [p.get("cpu_seconds", float("nan")) for p in res["photos"]]
         row["mean_cpu_seconds"] = float(np.mean(row["cpu_seconds"]))
@@ -326,7 +334,7 @@ def to_markdown(report: dict) -> str:
     for r in report["rows"]:
         fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
         lines.append(
-            f"| {r['system']}{'' if r.get('complete', True) else ' (cut short)'} | {r['mean_seconds']:.1f} ({' / '.join(f'{s:.1f}' for s in r['seconds'])}) | "
+            f"| {r['system']} (torch {r.get('torch', '?')}){'' if r.get('complete', True) else ' (cut short)'} | {r['mean_seconds']:.1f} ({' / '.join(f'{s:.1f}' for s in r['seconds'])}) | "
             f"{r.get('mean_speedup', 1.0):.2f}x | {r['mean_cpu_seconds']:.1f} "
             f"({' / '.join(f'{s:.1f}' for s in r['cpu_seconds'])}) | {r.get('mean_cpu_speedup', 1.0):.2f}x | "
             f"{r['peak_rss_mb']:.0f} | {r.get('memory_ratio', 1.0):.2f} | "

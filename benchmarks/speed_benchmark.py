@@ -16,6 +16,9 @@ medians over ``--repeats`` runs, ratios to the reference, peak RSS, and the comp
 ``torch.utils.flop_counter`` / the sgemm throughput measured in the same run). Mask IoU against anymask's
 exact float32 torch path is reported for every system on the same prompts.
 
+``onnx-lite`` is :class:`anymask.onnx_predictor.OnnxPredictor` on a folder written by ``anymask export`` (the
+same graphs, torch never imported: its first RSS row is after importing the predictor instead).
+
 The reference needs torchvision, so every system runs in this interpreter's torch (on our machines the CUDA
 build, whose ``import torch`` alone takes ~500 MB). ``--product-python`` also runs anymask's default backend
 (system ``onnx-product``) under another interpreter, e.g. a venv made by ``pip install .`` with the CPU build of
@@ -44,7 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.timing import median_ms, write_results  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
-SYSTEMS = ("reference", "torch-plain", "torch", "onnx-plain", "onnx", "onnx-int8")
+SYSTEMS = ("reference", "torch-plain", "torch", "onnx-plain", "onnx", "onnx-int8", "onnx-lite")
+#: folder of `anymask export` graphs for the onnx-lite system (set by the parent for its child)
+LITE_DIR_ENV = "ANYMASK_BENCH_LITE_DIR"
 #: the pairs (folded, plain) whose ratio the table shows
 FOLD_PAIRS = (("torch", "torch-plain"), ("onnx", "onnx-plain"))
 OPS = ("encoder_1024x1024", "encoder_854x480", "click", "box", "boxes_16", "points_64_low_res")
@@ -137,7 +142,7 @@ class _Anymask:
 
         model = load_model("mobile_sam", progress=False)
         backend = system.removesuffix("-product").removesuffix("-plain")
-        model.mask_decoder.transformer.fold = system == backend  # "<backend>-plain": the plain decoder
+        model.mask_decoder.transformer.fold = not system.endswith("-plain")  # "<backend>-plain": the plain decoder
         self.p = Predictor(model, backend=backend)
 
     def set_image(self, image):
@@ -158,12 +163,23 @@ class _Anymask:
 
 def child(system: str, repeats: int, masks_path: str) -> dict:
     """Runs in a fresh process: build one system, time every operation, keep its masks, report peak RSS."""
-    import torch
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    if system == "onnx-lite":  # never imports torch
+        from anymask.onnx_predictor import OnnxPredictor
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        version = "not imported"
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        version = torch.__version__
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    runner = _Reference() if system == "reference" else _Anymask(system)
+    if system == "onnx-lite":
+        runner = _Anymask.__new__(_Anymask)
+        runner.p = OnnxPredictor(os.environ[LITE_DIR_ENV], threads=threads)
+    else:
+        runner = _Reference() if system == "reference" else _Anymask(system)
     setup_s = time.perf_counter() - start
     square, wide = scenes()
     timings, masks = {}, {}
@@ -184,7 +200,7 @@ def child(system: str, repeats: int, masks_path: str) -> dict:
     np.savez_compressed(masks_path, **{k: np.asarray(v, bool) for k, v in masks.items()})
     return {"system": system, "setup_s": setup_s, "ms": timings, "import_rss_mb": import_rss,
             "session_rss_mb": session_rss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "torch": torch.__version__}
+            "torch": version}
 
 
 def child_bound() -> dict:
@@ -280,7 +296,7 @@ def markdown(result: dict) -> str:
         ratios = [f"{ref['ms'][op] / r['ms'][op]:.2f}x" for r in result["runs"] if r["system"] != "reference"] if ref else []
         ratios += [f"{by_name[b]['ms'][op] / by_name[a]['ms'][op]:.2f}x" for a, b in pairs]
         lines.append(f"| {op} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    for key, label in (("import_rss_mb", "RSS after `import torch` (MB)"),
+    for key, label in (("import_rss_mb", "RSS after `import torch` (onnx-lite: its own import) (MB)"),
                        ("session_rss_mb", "peak RSS, predictor session: encoders, clicks, boxes (MB)"),
                        ("peak_rss_mb", "peak RSS incl. the 64-prompt batch (MB)")):
         lines.append(f"| {label} | " + " | ".join(f"{r[key]:.0f}" for r in result["runs"]) + " |" +
@@ -323,7 +339,13 @@ def main() -> None:
     systems = args.systems.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         for system in systems:
-            if system.startswith("onnx"):
+            if system == "onnx-lite":  # its graphs: `anymask export`, in a process of its own
+                os.environ[LITE_DIR_ENV] = os.path.join(tmp, "lite")
+                subprocess.run([sys.executable, "-c", "from anymask import load_model; "
+                                "from anymask.export import export_model; "
+                                f"export_model(load_model('mobile_sam', progress=False), {os.environ[LITE_DIR_ENV]!r})"],
+                               check=True)
+            elif system.startswith("onnx"):
                 _warm_graphs(system)
         if args.product_python:
             _warm_graphs("onnx-product", args.product_python)

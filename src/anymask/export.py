@@ -352,6 +352,12 @@ def quantize_upscaling_int8(source: str | os.PathLike, target: str | os.PathLike
     return quantize_int8(source, target, per_channel=per_channel, only=upscaling_matmuls(source))
 
 
+def _predictor_graphs() -> dict[str, str]:
+    from .runtime import PREDICTOR_GRAPHS
+
+    return dict(PREDICTOR_GRAPHS)
+
+
 def describe(model: Sam, quantize: str | None, opset: int) -> dict:
     """The JSON description of the exported graphs (inputs, outputs, conventions)."""
     spec = model.spec
@@ -359,6 +365,9 @@ def describe(model: Sam, quantize: str | None, opset: int) -> dict:
         "model": spec.name, "anymask_version": __version__, "opset": opset, "quantize": quantize,
         "image_size": spec.image_size, "resize": spec.resize, "normalization": spec.normalization,
         "mask_threshold": float(model.mask_threshold),
+        "low_res_size": [int(side) for side in model.prompt_encoder.mask_input_size],
+        # for anymask.onnx_predictor.OnnxPredictor: role -> file (low-res decoders, see the module docstring)
+        "runtime_graphs": _predictor_graphs(),
         "encoder": {
             "file": "encoder.onnx",
             "inputs": {"image": {"dtype": "uint8", "shape": ["height", "width", 3],
@@ -396,7 +405,8 @@ def describe(model: Sam, quantize: str | None, opset: int) -> dict:
 
 def export_model(model: Sam, out_dir: str | os.PathLike, quantize: str | None = None,
                  opset: int = DEFAULT_OPSET) -> dict[str, Path]:
-    """Write ``encoder.onnx``, ``decoder.onnx`` and ``model.json`` to ``out_dir``; return their paths.
+    """Write ``encoder.onnx``, ``decoder.onnx``, ``model.json`` and the low-res decoder graphs of
+    :class:`~anymask.onnx_predictor.OnnxPredictor` to ``out_dir``; return their paths.
 
     With ``quantize="int8"`` the encoder's weight MatMuls are quantised (dynamic int8, per channel).
     """
@@ -410,8 +420,16 @@ def export_model(model: Sam, out_dir: str | os.PathLike, quantize: str | None = 
     if quantize == "int8":
         quantize_int8(encoder, encoder)
     decoder = export_decoder(model, out / "decoder.onnx", full_res=True, mask_input=True, opset=opset)
+    # the graphs of anymask.onnx_predictor.OnnxPredictor (the runtime's own: low-res logits, image side prepared)
+    from .runtime import PREDICTOR_GRAPHS
+
+    prepare, prepared = export_prepared_decoder(model, out / PREDICTOR_GRAPHS["decoder_prepare"],
+                                                out / PREDICTOR_GRAPHS["decoder_prepared"], opset=opset)
+    mask_input = export_decoder(model, out / PREDICTOR_GRAPHS["decoder_mask_input"], full_res=False,
+                                mask_input=True, opset=opset)
     meta = atomic_write_text(out / "model.json", json.dumps(describe(model, quantize, opset), indent=2) + "\n")
-    return {"encoder": encoder, "decoder": decoder, "json": meta}
+    return {"encoder": encoder, "decoder": decoder, "decoder_prepare": prepare, "decoder_prepared": prepared,
+            "decoder_mask_input": mask_input, "json": meta}
 
 
 __all__ = ["EncoderGraph", "DecoderGraph", "export_encoder", "export_decoder", "export_model", "quantize_int8",

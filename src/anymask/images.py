@@ -261,3 +261,27 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     out = np.empty(gray.shape + (3,), dtype=np.uint8)
     out[...] = gray[:, :, None]
     return out
+
+
+def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Shape ``(h, w)`` of an image resized so that its longer side is ``long_side`` (aspect kept).
+
+    Rounds as the original SAM does; a side that would round to 0 (aspect ratios beyond 2 * long_side : 1)
+    is kept at 1 pixel.
+    """
+    scale = long_side / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize_to_input(image: np.ndarray, long_side: int, method: str = "bilinear") -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB resized so that its longer side is ``long_side`` (aspect kept), uint8.
+
+    ``method``: ``"bilinear"`` (PIL, as SAM and MobileSAM resize) or ``"area"`` (OpenCV ``INTER_AREA``, as
+    LiteMedSAM). This is the input of the exported encoder graph.
+    """
+    h, w = resized_shape(image.shape[0], image.shape[1], long_side)
+    if method == "area":
+        import cv2
+
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))

@@ -36,29 +36,18 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from . import __version__
 from .errors import ModelError, PromptError
 from .fileio import atomic_write_bytes
-from .images import load_image
+from .images import load_image, resize_to_input, resized_shape
 from .models import ModelSpec
 from .modeling import Sam
 from .prompts import Prompts, check_prompts
-from .runtime import OnnxRunner, resolve_backend
+from .runtime import OnnxRunner, onnx_prompt_arrays, resolve_backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import InteractiveSession
-
-
-def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """Shape ``(h, w)`` of an image resized so that its longer side is ``long_side`` (aspect kept).
-
-    Rounds as the original SAM does; a side that would round to 0 (aspect ratios beyond 2 * long_side : 1)
-    is kept at 1 pixel.
-    """
-    scale = long_side / max(height, width)
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 @dataclass
@@ -257,10 +246,7 @@ class Predictor:
         Bilinear (PIL, as SAM and MobileSAM) or area-averaging (OpenCV ``INTER_AREA``, as LiteMedSAM), by the
         model's spec. This is the input of the exported encoder graph.
         """
-        h, w = resized_shape(image.shape[0], image.shape[1], self.spec.image_size)
-        if self.spec.resize == "area":
-            return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        return resize_to_input(image, self.spec.image_size, self.spec.resize)
 
     @torch.inference_mode()
     def set_image(self, image: Any, pad_to_square: bool | None = None) -> ImageEmbedding:
@@ -497,24 +483,13 @@ class Predictor:
                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_decode_low_res` in onnxruntime: prompts as the decoder graph takes them (original pixels,
         box corners labelled 2 and 3, one padding point labelled -1 when there is no box)."""
-        batch = len(prompts.points if prompts.points is not None else prompts.boxes)
-        coords, labels = [], []
-        if prompts.points is not None:
-            coords.append(prompts.points)
-            labels.append(prompts.labels.astype(np.float32))
-        if prompts.boxes is not None:
-            coords.append(prompts.boxes.reshape(batch, 2, 2))
-            labels.append(np.tile(np.array([[2.0, 3.0]], dtype=np.float32), (batch, 1)))
-        else:
-            coords.append(np.zeros((batch, 1, 2)))
-            labels.append(-np.ones((batch, 1), dtype=np.float32))
+        coords, labels = onnx_prompt_arrays(prompts)
         features = self._features.numpy()
         prepared = None
         if prompts.mask_input is None:
             prepared = self._prepared_image(lambda: self._runner.prepare(features))
         low_res, iou = self._runner.decode(
-            features, np.concatenate(coords, axis=1), np.concatenate(labels, axis=1),
-            prompts.mask_input, self.embedding.original_size, precision, prepared,
+            features, coords, labels, prompts.mask_input, self.embedding.original_size, precision, prepared,
         )
         selected = slice(1, None) if multimask else slice(0, 1)
         return torch.from_numpy(low_res[:, selected]), torch.from_numpy(iou[:, selected])

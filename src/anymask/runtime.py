@@ -25,12 +25,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from . import __version__, weights
 from .errors import ModelError
-from .modeling import Sam
+
+if TYPE_CHECKING:  # torch is imported only where a model is exported: OnnxRunner.from_folder runs without it
+    from .modeling import Sam
+    from .prompts import Prompts
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,9 @@ DECODER_PRECISIONS = ("fp32", "int8")
 #: decoder; 4: the final attention for the output tokens only; 5: TinyViT's high-resolution parts in stripes)
 GRAPHS_REVISION = "5"
 RUNTIME_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE, DECODER_PREPARE_FILE, DECODER_PREPARED_FILE)
+#: the decoder graphs a runner opened from a folder needs (``anymask export`` writes them, model.json lists them)
+PREDICTOR_GRAPHS = {"decoder_prepare": DECODER_PREPARE_FILE, "decoder_prepared": DECODER_PREPARED_FILE,
+                    "decoder_mask_input": DECODER_FILE}
 #: unpadded encoder sessions an :class:`OnnxRunner` keeps open (one per input shape)
 MAX_SHAPE_ENCODERS = 2
 
@@ -110,6 +117,23 @@ def _register_shared_arena() -> bool:
     return _SHARED_ARENA[0]
 
 
+def onnx_prompt_arrays(prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts as the decoder graphs take them: ``(B, N, 2)`` float coordinates in original pixels and ``(B, N)``
+    float32 labels, box corners labelled 2 and 3 after any points, one padding point (label -1) without a box."""
+    batch = prompts.batch_size
+    coords, labels = [], []
+    if prompts.points is not None:
+        coords.append(prompts.points)
+        labels.append(prompts.labels.astype(np.float32))
+    if prompts.boxes is not None:
+        coords.append(prompts.boxes.reshape(batch, 2, 2))
+        labels.append(np.tile(np.array([[2.0, 3.0]], dtype=np.float32), (batch, 1)))
+    else:
+        coords.append(np.zeros((batch, 1, 2)))
+        labels.append(-np.ones((batch, 1), dtype=np.float32))
+    return np.concatenate(coords, axis=1), np.concatenate(labels, axis=1)
+
+
 def weights_digest(model: Sam) -> str:
     """sha256 of the model's parameters and buffers (names, shapes and bytes), as hex."""
     digest = hashlib.sha256()
@@ -123,6 +147,7 @@ def weights_digest(model: Sam) -> str:
 def graphs_dir(model: Sam, quantize: str | None, opset: int) -> Path:
     """The cache folder of ``model``'s runtime graphs for these options (may not exist yet)."""
     import onnxruntime
+    import torch
 
     parts = [model.spec.name, weights_digest(model), __version__, torch.__version__, onnxruntime.__version__,
              str(quantize), str(opset), GRAPHS_REVISION]
@@ -169,16 +194,35 @@ class OnnxRunner:
         model: the network (exported on first use, see :func:`build_graphs`).
         quantize: ``None`` (float32) or ``"int8"`` (the encoder's weight MatMuls).
         threads: intra-op threads; default ``torch.get_num_threads()``.
+
+    :meth:`from_folder` opens graphs written by ``anymask export`` instead, without a model (and without torch).
     """
 
     def __init__(self, model: Sam, quantize: str | None = None, threads: int | None = None) -> None:
+        import torch
+
+        self._open(build_graphs(model, quantize), threads or torch.get_num_threads(), model, quantize)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, threads: int, graphs: dict[str, str] | None = None) -> "OnnxRunner":
+        """A runner on graphs already written to ``folder`` (by ``anymask export``), without a model or torch.
+
+        ``graphs`` maps the roles of :data:`PREDICTOR_GRAPHS` to file names in ``folder`` (default: those names).
+        Such a runner cannot export: unpadded encoders and the int8 decoder are not available.
+        """
+        runner = cls.__new__(cls)
+        runner._open(Path(folder), threads, None, None, {**PREDICTOR_GRAPHS, **(graphs or {})})
+        return runner
+
+    def _open(self, folder: Path, threads: int, model: Sam | None, quantize: str | None,
+              graphs: dict[str, str] | None = None) -> None:
         import onnxruntime as ort
 
-        folder = build_graphs(model, quantize)
+        graphs = {**PREDICTOR_GRAPHS, **(graphs or {})}
         shared_arena = _register_shared_arena()
         def options(decoder: bool):
             settings = ort.SessionOptions()
-            settings.intra_op_num_threads = threads or torch.get_num_threads()
+            settings.intra_op_num_threads = threads
             settings.inter_op_num_threads = 1
             settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -203,11 +247,11 @@ class OnnxRunner:
         def session(name: str, decoder: bool = False):
             return ort.InferenceSession(str(folder / name), options(decoder), providers=["CPUExecutionProvider"])
 
-        self._session = session
+        self._session, self._graphs = session, graphs
         self._model, self._quantize, self._folder = model, quantize, folder
         self.encoder = session(ENCODER_FILE)
-        self.decoder_prepare = session(DECODER_PREPARE_FILE, decoder=True)
-        self.decoder_prepared = session(DECODER_PREPARED_FILE, decoder=True)
+        self.decoder_prepare = session(graphs["decoder_prepare"], decoder=True)
+        self.decoder_prepared = session(graphs["decoder_prepared"], decoder=True)
         # opened on first use (each holds a copy of the decoder's weights): prompts with a mask input, and
         # decoding without a prepared image side
         self._decoder = self._decoder_no_mask = None
@@ -218,7 +262,7 @@ class OnnxRunner:
     def decoder(self):
         """The session of the decoder with mask input (opened on first use)."""
         if self._decoder is None:
-            self._decoder = self._session(DECODER_FILE, decoder=True)
+            self._decoder = self._session(self._graphs["decoder_mask_input"], decoder=True)
         return self._decoder
 
     @property
@@ -238,10 +282,9 @@ class OnnxRunner:
             The prepared tensors by name (see :class:`~anymask.modeling.transformer.PreparedImage`), ~10 MB for
             a 64 x 64 grid.
         """
-        from .export import PREPARED_NAMES
-
         outputs = self.decoder_prepare.run(None, {"image_embeddings": np.ascontiguousarray(features, dtype=np.float32)})
-        return dict(zip(PREPARED_NAMES, outputs))
+        # the graph's own output names (export.PREPARED_NAMES), read here without importing the exporter (torch)
+        return dict(zip((output.name for output in self.decoder_prepare.get_outputs()), outputs))
 
     def encode(self, resized: np.ndarray, pad_to_square: bool = True, pad_multiple: int | None = None) -> np.ndarray:
         """Resized ``(h, w, 3)`` uint8 RGB (longer side = the model's input size) -> ``(1, C, 64, 64)``.
@@ -257,6 +300,9 @@ class OnnxRunner:
     def _shape_encoder(self, height: int, width: int, pad_multiple: int | None = None):
         """The onnxruntime session of the unpadded encoder for ``(height, width)`` inputs (exported once)."""
         key = (int(height), int(width), int(pad_multiple or 0))
+        if self._model is None:
+            raise ModelError("a runner opened from a folder encodes square-padded images only (no model to export "
+                             "an encoder per shape)")
         encoder = self._shape_encoders.pop(key, None)
         if encoder is None:
             name = f"encoder_{key[0]}x{key[1]}" + (f"_pad{key[2]}" if key[2] else "") + ".onnx"

@@ -19,7 +19,9 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Write DIR/encoder.onnx (input: the RGB image as uint8 (h, w, 3), already resized so that its "
         "longer side is the model's input size; normalisation and padding are inside), DIR/decoder.onnx (points "
         "with labels incl. box corners, a batch of prompts, mask input, multimask switch and the original image "
-        "size as inputs; masks at that size as outputs) and DIR/model.json describing both. See docs/onnx.md.",
+        "size as inputs; masks at that size as outputs), DIR/model.json describing both, and the low-resolution decoder "
+        "graphs that anymask.onnx_predictor.OnnxPredictor runs without torch (decoder_prepare.onnx, "
+        "decoder_low_res_prepared.onnx, decoder_low_res.onnx). See docs/onnx.md.",
     )
     cmd.add_argument("model", help="model name: mobile_sam (alias vit_t), vit_b, vit_l, vit_h, lite_medsam")
     cmd.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the graphs to")

@@ -1,0 +1,194 @@
+"""A predictor that runs exported graphs in onnxruntime and never imports torch.
+
+:class:`OnnxPredictor` is for deployments that want the smallest footprint: it needs numpy, OpenCV, Pillow and
+onnxruntime, and a folder written once by ``anymask export MODEL -o DIR`` (which does need torch, to export):
+
+    >>> from anymask.onnx_predictor import OnnxPredictor
+    >>> predictor = OnnxPredictor("onnx/")            # encoder, decoders and model.json from `anymask export`
+    >>> predictor.set_image("photo.jpg")
+    >>> masks, scores, logits = predictor.predict(points=[(320, 240)], labels=[1])
+
+It runs the same graphs as ``Predictor(load_model(...), backend="onnx")`` (the image side of the decoder prepared
+once per image, prompts decoded two at a time) and returns the same arrays, with the same conventions: points
+``(x, y)`` pixels of the original image, boxes XYXY, masks ``(C, H, W)`` bool (``(B, C, H, W)`` for a batch),
+scores ``(C,)``, low-resolution logits ``(C, 256, 256)``. The difference is memory: ``import torch`` alone is
+about 200 MB resident (the CPU build; 500 MB the CUDA build), and the torch model holds a second copy of the
+weights. Measured peaks are in ``docs/speed.md``.
+
+Limits: images are padded to the square input (SAM's default); a ``mask_input`` needs points or a box with it
+(the decoder graph's contract, see ``docs/onnx.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import ModelError, PromptError
+from .images import load_image, resize_to_input
+from .prompts import Prompts, check_prompts
+from .runtime import PREDICTOR_GRAPHS, OnnxRunner, onnx_prompt_arrays
+
+__all__ = ["OnnxPredictor"]
+
+#: prompts decoded at once (as :data:`anymask.predictor.DECODE_CHUNK`)
+DECODE_CHUNK = 2
+
+
+class OnnxPredictor:
+    """Promptable segmentation on exported ONNX graphs, without torch.
+
+    Args:
+        folder: a folder written by ``anymask export`` (``model.json``, ``encoder.onnx`` and the decoder
+            graphs it lists under ``runtime_graphs``).
+        threads: onnxruntime intra-op threads (default: the CPUs this process may use, at most 8).
+
+    Raises:
+        ModelError: the folder is missing, incomplete, or from another anymask graph revision.
+    """
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None) -> None:
+        folder = Path(folder)
+        meta_path = folder / "model.json"
+        if not meta_path.is_file():
+            raise ModelError(f"{folder} holds no model.json: write the folder with `anymask export MODEL -o {folder}`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{meta_path} is not readable JSON: {exc}") from None
+        graphs = meta.get("runtime_graphs")
+        if not isinstance(graphs, dict) or sorted(graphs) != sorted(PREDICTOR_GRAPHS):
+            raise ModelError(f"{folder} was exported without the predictor's decoder graphs (or by another anymask "
+                             "version): export it again with `anymask export`")
+        missing = [name for name in ["encoder.onnx", *graphs.values()] if not (folder / name).is_file()]
+        if missing:
+            raise ModelError(f"{folder} lacks {', '.join(missing)}: export it again with `anymask export`")
+        self.model_name: str = meta["model"]
+        self.image_size: int = int(meta["image_size"])
+        self.resize_method: str = meta["resize"]
+        self.mask_threshold: float = float(meta["mask_threshold"])
+        self.low_res_size: tuple[int, int] = tuple(meta["low_res_size"])  # type: ignore[assignment]
+        if threads is None:
+            threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+        self._runner = OnnxRunner.from_folder(folder, threads, graphs)
+        self._features: np.ndarray | None = None
+        self._prepared: dict[str, np.ndarray] | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    # ---------------------------------------------------------------------------------------------------
+    # Image
+    # ---------------------------------------------------------------------------------------------------
+
+    def set_image(self, image: Any) -> np.ndarray:
+        """Encode ``image`` (a path, a ``PIL.Image`` or an ``(H, W, 3)`` uint8 RGB array) for :meth:`predict`.
+
+        Returns:
+            The image embedding ``(1, 256, 64, 64)`` float32 (a copy).
+        """
+        rgb = load_image(image)
+        resized = resize_to_input(rgb, self.image_size, self.resize_method)
+        self._features = self._runner.encode(resized)
+        self._prepared = None
+        self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        self.input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        return self._features.copy()
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self._features = self._prepared = None
+        self.original_size = self.input_size = None
+
+    # ---------------------------------------------------------------------------------------------------
+    # Prompts
+    # ---------------------------------------------------------------------------------------------------
+
+    def predict(self, points: Any = None, labels: Any = None, box: Any = None, mask_input: Any = None,
+                multimask: bool = True, return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for prompts on the current image: as :meth:`anymask.Predictor.predict`.
+
+        Returns:
+            ``(masks, scores, low_res_logits)``: ``(C, H, W)`` bool (float32 logits with ``return_logits``),
+            ``(C,)``, ``(C, 256, 256)``; with a batch of B prompts ``(B, C, H, W)``, ``(B, C)``,
+            ``(B, C, 256, 256)``. C is 3 with ``multimask`` else 1.
+        """
+        prompts = self._check(points, labels, box, mask_input)
+        low, scores = self._decode(prompts, multimask)
+        height, width = self.original_size  # type: ignore[misc]
+        masks = np.empty((*low.shape[:2], height, width), dtype=np.float32 if return_logits else bool)
+        for i in range(low.shape[0]):
+            for j in range(low.shape[1]):
+                logits = self._upsample(low[i, j])
+                masks[i, j] = logits if return_logits else logits > self.mask_threshold
+        if not prompts.batched:
+            return masks[0], scores[0], low[0]
+        return masks, scores, low
+
+    def predict_low_res(self, points: Any = None, labels: Any = None, box: Any = None, mask_input: Any = None,
+                        multimask: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Low-resolution logits ``(B, C, 256, 256)`` and scores ``(B, C)`` only (always batch-first)."""
+        return self._decode(self._check(points, labels, box, mask_input), multimask)
+
+    def masks_from_low_res(self, low_res_logits: Any, return_logits: bool = False) -> np.ndarray:
+        """Upsample ``(..., 256, 256)`` logits to the current image ``(..., H, W)``: bool, or float32 logits."""
+        self._need_image()
+        low = np.asarray(low_res_logits, dtype=np.float32)
+        maps = low.reshape(-1, *low.shape[-2:])
+        out = np.empty((len(maps), *self.original_size), dtype=np.float32 if return_logits else bool)  # type: ignore
+        for i, logits in enumerate(maps):
+            full = self._upsample(logits)
+            out[i] = full if return_logits else full > self.mask_threshold
+        return out.reshape(*low.shape[:-2], *self.original_size)  # type: ignore[misc]
+
+    # ---------------------------------------------------------------------------------------------------
+
+    def _need_image(self) -> None:
+        if self._features is None:
+            raise PromptError("no image is set: call set_image() first")
+
+    def _check(self, points: Any, labels: Any, box: Any, mask_input: Any) -> Prompts:
+        self._need_image()
+        prompts = check_prompts(points, labels, box, mask_input, image_size=self.original_size,  # type: ignore
+                                low_res_size=self.low_res_size)
+        if prompts.points is None and prompts.boxes is None:
+            raise PromptError("OnnxPredictor needs points or a box (a mask_input alone is not a prompt of the "
+                              "decoder graph); use anymask.Predictor for mask-only prompts")
+        return prompts
+
+    def _decode(self, prompts: Prompts, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+        coords, labels = onnx_prompt_arrays(prompts)
+        prepared = None
+        if prompts.mask_input is None:
+            if self._prepared is None:
+                self._prepared = self._runner.prepare(self._features)  # type: ignore[arg-type]
+            prepared = self._prepared
+        lows, ious = [], []
+        for start in range(0, len(coords), DECODE_CHUNK):
+            part = slice(start, start + DECODE_CHUNK)
+            masks = None if prompts.mask_input is None else prompts.mask_input[part]
+            low, iou = self._runner.decode(self._features, coords[part], labels[part], masks,  # type: ignore
+                                           self.original_size, prepared=prepared)  # type: ignore[arg-type]
+            lows.append(low)
+            ious.append(iou)
+        selected = slice(1, None) if multimask else slice(0, 1)
+        low = np.concatenate(lows)[:, selected]
+        return np.ascontiguousarray(low), np.ascontiguousarray(np.concatenate(ious)[:, selected])
+
+    def _upsample(self, logits: np.ndarray) -> np.ndarray:
+        """One ``(256, 256)`` map -> ``(H, W)`` logits: to the padded input, cropped, to the original (bilinear,
+        half-pixel centres, as :meth:`anymask.Predictor.upscale`)."""
+        factor = self.image_size // logits.shape[-1]
+        h, w = self.input_size  # type: ignore[misc]
+        height, width = self.original_size  # type: ignore[misc]
+        full = cv2.resize(np.ascontiguousarray(logits), (factor * logits.shape[1], factor * logits.shape[0]),
+                          interpolation=cv2.INTER_LINEAR)
+        full = np.ascontiguousarray(full[:h, :w])
+        if (h, w) == (height, width):
+            return full
+        return cv2.resize(full, (width, height), interpolation=cv2.INTER_LINEAR)
+

@@ -1,0 +1,107 @@
+"""The torch-free OnnxPredictor: same results as the onnx backend of Predictor, and torch never imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anymask import Predictor
+from anymask.errors import ModelError, PromptError
+from anymask.masks import iou
+
+pytest.importorskip("onnxruntime")
+
+REPO_SRC = Path(__file__).resolve().parents[1] / "src"
+CLICK = [[256.0, 200.0]]  # the astronaut's chest
+BOXES = np.array([[150.0, 40.0, 380.0, 300.0], [60.0, 250.0, 470.0, 512.0]])
+
+
+@pytest.fixture(scope="module")
+def export_dir(mobile_sam, tmp_path_factory) -> Path:
+    from anymask.export import export_model
+
+    out = tmp_path_factory.mktemp("export")
+    export_model(mobile_sam, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def both(mobile_sam, export_dir: Path, example_image_path: Path):
+    from anymask.onnx_predictor import OnnxPredictor
+
+    lite = OnnxPredictor(export_dir)
+    lite.set_image(example_image_path)
+    full = Predictor(mobile_sam, backend="onnx")
+    full.set_image(example_image_path)
+    return lite, full
+
+
+def test_export_lists_the_predictor_graphs(export_dir: Path) -> None:
+    meta = json.loads((export_dir / "model.json").read_text())
+    assert meta["low_res_size"] == [256, 256]
+    for name in meta["runtime_graphs"].values():
+        assert (export_dir / name).is_file()
+
+
+def test_click_box_batch_and_mask_input_match_the_onnx_backend(both) -> None:
+    lite, full = both
+    masks, scores, low = lite.predict(points=CLICK, labels=[1])
+    ref_masks, ref_scores, ref_low = full.predict(points=CLICK, labels=[1])
+    assert masks.shape == ref_masks.shape == (3, 512, 512) and masks.dtype == bool
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    np.testing.assert_allclose(low, ref_low, atol=1e-3)
+    assert min(iou(a, b) for a, b in zip(masks, ref_masks)) >= 0.999
+    assert masks[np.argmax(scores)].sum() > 5000  # a real object, not an empty mask
+
+    boxed, box_scores, _ = lite.predict(box=BOXES, multimask=False)
+    ref_boxed, ref_box_scores, _ = full.predict(box=BOXES, multimask=False)
+    assert boxed.shape == (2, 1, 512, 512)
+    np.testing.assert_allclose(box_scores, ref_box_scores, atol=1e-5)
+    assert min(iou(a[0], b[0]) for a, b in zip(boxed, ref_boxed)) >= 0.999
+
+    best = low[np.argmax(scores)][None]
+    again, again_scores, _ = lite.predict(points=CLICK, labels=[1], mask_input=best)
+    ref_again, ref_again_scores, _ = full.predict(points=CLICK, labels=[1], mask_input=best)
+    np.testing.assert_allclose(again_scores, ref_again_scores, atol=1e-5)
+    assert min(iou(a, b) for a, b in zip(again, ref_again)) >= 0.999
+
+    logits = lite.predict(points=CLICK, labels=[1], return_logits=True)[0]
+    assert logits.dtype == np.float32 and np.array_equal(logits > 0, masks)
+    assert np.array_equal(lite.masks_from_low_res(low), masks)
+
+
+def test_bad_input_is_refused(both, tmp_path: Path) -> None:
+    from anymask.onnx_predictor import OnnxPredictor
+
+    lite, _ = both
+    with pytest.raises(PromptError):
+        lite.predict(points=[[600.0, 10.0]], labels=[1])  # outside the 512 x 512 photo
+    with pytest.raises(PromptError, match="points or a box"):
+        lite.predict(mask_input=np.zeros((256, 256), np.float32))
+    with pytest.raises(ModelError, match="anymask export"):
+        OnnxPredictor(tmp_path)
+    fresh = OnnxPredictor.__new__(OnnxPredictor)
+    fresh._features = None
+    with pytest.raises(PromptError, match="no image"):
+        fresh.predict(points=CLICK)
+
+
+def test_torch_is_never_imported(export_dir: Path, example_image_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from anymask.onnx_predictor import OnnxPredictor\n"
+        f"p = OnnxPredictor({str(export_dir)!r})\n"
+        f"p.set_image({str(example_image_path)!r})\n"
+        "masks, scores, _ = p.predict(points=[[256.0, 200.0]], labels=[1])\n"
+        "assert masks[scores.argmax()].sum() > 5000\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_SRC)})
+    assert done.stdout.strip() == "False", done.stderr
