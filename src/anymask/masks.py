@@ -216,6 +216,26 @@ def mask_to_polygons(mask: np.ndarray, min_area: float = 0) -> list[list[float]]
 # -------------------------------------------------------------------------------------- IoU, stability
 
 
+def upscale_logits(logits: np.ndarray, factor: int, input_size: tuple[int, int],
+                   original_size: tuple[int, int]) -> np.ndarray:
+    """One low-resolution logit map ``(lh, lw)`` float32 -> ``(H, W)`` logits of the original image.
+
+    The map covers the padded model input: it is resized ``factor`` times (``factor * lh x factor * lw``), cropped
+    to the resized image ``input_size = (h, w)`` and resized to ``original_size = (H, W)``; bilinear with
+    half-pixel centres and no antialiasing (OpenCV), as SAM's ``postprocess_masks`` does in torch (the logits
+    agree to float rounding, ~1e-6).
+    """
+    h, w = input_size
+    height, width = original_size
+    lh, lw = logits.shape
+    full = cv2.resize(np.ascontiguousarray(logits, dtype=np.float32), (factor * lw, factor * lh),
+                      interpolation=cv2.INTER_LINEAR)
+    full = np.ascontiguousarray(full[:h, :w])
+    if (h, w) == (height, width):
+        return full
+    return cv2.resize(full, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
     """Intersection over union of masks, over the last two dimensions.
 

@@ -26,11 +26,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .errors import ModelError, PromptError
 from .images import load_image, resize_to_input
+from .masks import upscale_logits
 from .prompts import Prompts, check_prompts
 from .runtime import PREDICTOR_GRAPHS, OnnxRunner, onnx_prompt_arrays
 
@@ -167,28 +167,21 @@ class OnnxPredictor:
             if self._prepared is None:
                 self._prepared = self._runner.prepare(self._features)  # type: ignore[arg-type]
             prepared = self._prepared
-        lows, ious = [], []
+        selected = slice(1, None) if multimask else slice(0, 1)
+        out_low = out_iou = None  # filled chunk by chunk: only the selected masks are kept, in one array
         for start in range(0, len(coords), DECODE_CHUNK):
             part = slice(start, start + DECODE_CHUNK)
             masks = None if prompts.mask_input is None else prompts.mask_input[part]
             low, iou = self._runner.decode(self._features, coords[part], labels[part], masks,  # type: ignore
                                            self.original_size, prepared=prepared)  # type: ignore[arg-type]
-            lows.append(low)
-            ious.append(iou)
-        selected = slice(1, None) if multimask else slice(0, 1)
-        low = np.concatenate(lows)[:, selected]
-        return np.ascontiguousarray(low), np.ascontiguousarray(np.concatenate(ious)[:, selected])
+            low, iou = low[:, selected], iou[:, selected]
+            if out_low is None:
+                out_low = np.empty((len(coords), *low.shape[1:]), dtype=np.float32)
+                out_iou = np.empty((len(coords), iou.shape[1]), dtype=np.float32)
+            out_low[part], out_iou[part] = low, iou
+        return out_low, out_iou  # type: ignore[return-value]
 
     def _upsample(self, logits: np.ndarray) -> np.ndarray:
-        """One ``(256, 256)`` map -> ``(H, W)`` logits: to the padded input, cropped, to the original (bilinear,
-        half-pixel centres, as :meth:`anymask.Predictor.upscale`)."""
-        factor = self.image_size // logits.shape[-1]
-        h, w = self.input_size  # type: ignore[misc]
-        height, width = self.original_size  # type: ignore[misc]
-        full = cv2.resize(np.ascontiguousarray(logits), (factor * logits.shape[1], factor * logits.shape[0]),
-                          interpolation=cv2.INTER_LINEAR)
-        full = np.ascontiguousarray(full[:h, :w])
-        if (h, w) == (height, width):
-            return full
-        return cv2.resize(full, (width, height), interpolation=cv2.INTER_LINEAR)
-
+        """One ``(256, 256)`` map -> ``(H, W)`` logits (as :meth:`anymask.Predictor.upscale`)."""
+        return upscale_logits(logits, self.image_size // logits.shape[-1], self.input_size,  # type: ignore[arg-type]
+                              self.original_size)  # type: ignore[arg-type]

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ from . import __version__
 from .errors import ModelError, PromptError
 from .fileio import atomic_write_bytes
 from .images import load_image, resize_to_input, resized_shape
+from .masks import upscale_logits
 from .models import ModelSpec
 from .modeling import Sam
 from .prompts import Prompts, check_prompts
@@ -413,13 +413,7 @@ class Predictor:
     def _upscale_map(self, logits: np.ndarray) -> np.ndarray:
         """One ``(lh, lw)`` float32 low-res map -> ``(H, W)`` logits (OpenCV, as :meth:`upscale`)."""
         factor = self.spec.image_size // self.model.prompt_encoder.mask_input_size[0]
-        (h, w), (height, width) = self.embedding.input_size, self.embedding.original_size
-        lh, lw = logits.shape
-        full = cv2.resize(np.ascontiguousarray(logits), (factor * lw, factor * lh), interpolation=cv2.INTER_LINEAR)
-        full = np.ascontiguousarray(full[:h, :w])
-        if (h, w) == (height, width):
-            return full
-        return cv2.resize(full, (width, height), interpolation=cv2.INTER_LINEAR)
+        return upscale_logits(logits, factor, self.embedding.input_size, self.embedding.original_size)
 
     @torch.inference_mode()
     def _decode_low_res(self, prompts: Prompts, multimask: bool, precision: str = "fp32"
