@@ -32,12 +32,9 @@ from .errors import ModelError, PromptError
 from .images import load_image, resize_to_input
 from .masks import upscale_logits
 from .prompts import Prompts, check_prompts
-from .runtime import PREDICTOR_GRAPHS, OnnxRunner, onnx_prompt_arrays
+from .runtime import DECODE_CHUNK, PREDICTOR_GRAPHS, OnnxRunner, onnx_prompt_arrays
 
 __all__ = ["OnnxPredictor"]
-
-#: prompts decoded at once (as :data:`anymask.predictor.DECODE_CHUNK`)
-DECODE_CHUNK = 2
 
 
 class OnnxPredictor:

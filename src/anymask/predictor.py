@@ -44,7 +44,7 @@ from .masks import upscale_logits
 from .models import ModelSpec
 from .modeling import Sam
 from .prompts import Prompts, check_prompts
-from .runtime import OnnxRunner, onnx_prompt_arrays, resolve_backend
+from .runtime import DECODE_CHUNK, OnnxRunner, onnx_prompt_arrays, resolve_backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import InteractiveSession
@@ -114,11 +114,6 @@ class ImageEmbedding:
         return None
 
 
-#: prompts decoded at once by :meth:`Predictor.predict_low_res` and :meth:`Predictor.predict`. The decoder's
-#: activations are about 50 MB per prompt (MobileSAM, onnx: 16 boxes peaked 262 MB above the session with 8, 98
-#: with 2); each prompt's matrix products have 4096 rows or more already, so smaller chunks cost no speed
-#: (16 boxes: 354 / 341 / 332 / 349 ms for chunks of 8 / 4 / 2 / 1; 64 points at low res, 1149 / 1069 ms for 8 / 2)
-DECODE_CHUNK = 2
 
 
 def _prompt_slice(prompts: Prompts, start: int, stop: int) -> Prompts:

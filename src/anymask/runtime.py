@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,6 +60,12 @@ RUNTIME_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE, DECODER_PREPA
 #: the decoder graphs a runner opened from a folder needs (``anymask export`` writes them, model.json lists them)
 PREDICTOR_GRAPHS = {"decoder_prepare": DECODER_PREPARE_FILE, "decoder_prepared": DECODER_PREPARED_FILE,
                     "decoder_mask_input": DECODER_FILE}
+#: prompts decoded at once by the predictors (:class:`~anymask.Predictor`, :class:`~anymask.onnx_predictor.
+#: OnnxPredictor`). The decoder's activations are about 50 MB per prompt (MobileSAM, onnx: 16 boxes peaked 262 MB
+#: above the session with 8, 98 with 2); each prompt's matrix products have 4096 rows or more already, so smaller
+#: chunks cost no speed (16 boxes: 354 / 341 / 332 / 349 ms for chunks of 8 / 4 / 2 / 1; 64 points at low res,
+#: 1149 / 1069 ms for 8 / 2)
+DECODE_CHUNK = 2
 #: unpadded encoder sessions an :class:`OnnxRunner` keeps open (one per input shape)
 MAX_SHAPE_ENCODERS = 2
 
@@ -208,10 +213,10 @@ class OnnxRunner:
         """A runner on graphs already written to ``folder`` (by ``anymask export``), without a model or torch.
 
         ``graphs`` maps the roles of :data:`PREDICTOR_GRAPHS` to file names in ``folder`` (default: those names).
-        Such a runner cannot export: unpadded encoders and the int8 decoder are not available.
+        Such a runner has no model to export from: :meth:`encode` takes square-padded images only.
         """
         runner = cls.__new__(cls)
-        runner._open(Path(folder), threads, None, None, {**PREDICTOR_GRAPHS, **(graphs or {})})
+        runner._open(Path(folder), threads, None, None, graphs)
         return runner
 
     def _open(self, folder: Path, threads: int, model: Sam | None, quantize: str | None,
