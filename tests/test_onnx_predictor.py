@@ -87,9 +87,32 @@ def test_bad_input_is_refused(both, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="anymask export"):
         OnnxPredictor(tmp_path)
     fresh = OnnxPredictor.__new__(OnnxPredictor)
-    fresh._features = None
+    fresh._embedding = None
     with pytest.raises(PromptError, match="no image"):
         fresh.predict(points=CLICK)
+
+
+def test_embeddings_move_between_the_predictors(both, tmp_path: Path) -> None:
+    """An embedding made by Predictor (saved to a file) decodes in OnnxPredictor exactly as its own does."""
+    from anymask.embedding import ImageEmbedding
+
+    lite, full = both
+    own = lite.embedding
+    assert own.model == "mobile_sam" and own.features.shape == (1, 256, 64, 64) and own.original_size == (512, 512)
+    masks, scores, _ = lite.predict(points=CLICK, labels=[1])
+    lite.set_embedding(ImageEmbedding.load(full.embedding.save(tmp_path / "astronaut.npz")))
+    try:
+        again, again_scores, _ = lite.predict(points=CLICK, labels=[1])
+        np.testing.assert_allclose(again_scores, scores, atol=1e-4)
+        assert min(iou(a, b) for a, b in zip(again, masks)) >= 0.999
+        wrong_model = ImageEmbedding(own.features, own.original_size, own.input_size, "vit_b")
+        with pytest.raises(ModelError, match="vit_b"):
+            lite.set_embedding(wrong_model)
+        unpadded = ImageEmbedding(own.features[..., :36, :], (288, 512), (576, 1024), "mobile_sam")
+        with pytest.raises(ModelError, match="grid"):
+            lite.set_embedding(unpadded)
+    finally:
+        lite.set_embedding(own)
 
 
 def test_torch_is_never_imported(export_dir: Path, example_image_path: Path) -> None:

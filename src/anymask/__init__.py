@@ -26,7 +26,7 @@ _LAZY = {
     "list_models": "models",
     "load_model": "models",
     "register_model": "models",
-    "ImageEmbedding": "predictor",
+    "ImageEmbedding": "embedding",
     "Predictor": "predictor",
 }
 

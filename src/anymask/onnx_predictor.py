@@ -5,7 +5,7 @@ onnxruntime, and a folder written once by ``anymask export MODEL -o DIR`` (which
 
     >>> from anymask.onnx_predictor import OnnxPredictor
     >>> predictor = OnnxPredictor("onnx/")            # encoder, decoders and model.json from `anymask export`
-    >>> predictor.set_image("photo.jpg")
+    >>> embedding = predictor.set_image("photo.jpg")   # an ImageEmbedding: save() it, set_embedding() it later
     >>> masks, scores, logits = predictor.predict(points=[(320, 240)], labels=[1])
 
 It runs the same graphs as ``Predictor(load_model(...), backend="onnx")`` (the image side of the decoder prepared
@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from .embedding import ImageEmbedding
 from .errors import ModelError, PromptError
-from .images import load_image, resize_to_input
+from .images import load_image, resize_to_input, resized_shape
 from .masks import upscale_logits
 from .prompts import Prompts, check_prompts
 from .runtime import DECODE_CHUNK, PREDICTOR_GRAPHS, OnnxRunner, onnx_prompt_arrays
@@ -73,33 +74,65 @@ class OnnxPredictor:
         if threads is None:
             threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
         self._runner = OnnxRunner.from_folder(folder, threads, graphs)
-        self._features: np.ndarray | None = None
+        self._embedding: ImageEmbedding | None = None
         self._prepared: dict[str, np.ndarray] | None = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------------------------------------------
     # Image
     # ---------------------------------------------------------------------------------------------------
 
-    def set_image(self, image: Any) -> np.ndarray:
+    def set_image(self, image: Any) -> ImageEmbedding:
         """Encode ``image`` (a path, a ``PIL.Image`` or an ``(H, W, 3)`` uint8 RGB array) for :meth:`predict`.
 
         Returns:
-            The image embedding ``(1, 256, 64, 64)`` float32 (a copy).
+            The :class:`~anymask.embedding.ImageEmbedding` (a copy), which can be saved and given back with
+            :meth:`set_embedding`, here or to :class:`anymask.Predictor`.
         """
         rgb = load_image(image)
         resized = resize_to_input(rgb, self.image_size, self.resize_method)
-        self._features = self._runner.encode(resized)
+        features = self._runner.encode(resized)
+        self._embedding = ImageEmbedding(features=features, original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+                                         input_size=(int(resized.shape[0]), int(resized.shape[1])),
+                                         model=self.model_name)
         self._prepared = None
-        self.original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
-        self.input_size = (int(resized.shape[0]), int(resized.shape[1]))
-        return self._features.copy()
+        return self.embedding
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use an embedding made earlier (by ``set_image`` here or in :class:`anymask.Predictor`, or
+        :meth:`ImageEmbedding.load`) without running the encoder.
+
+        Raises:
+            ModelError: the embedding is malformed, was made by another model, or is not of a square-padded
+                image (the grid of this folder's decoders).
+        """
+        problem = embedding.problem()
+        if problem is None and embedding.model != self.model_name:
+            problem = f"made by {embedding.model!r}, this predictor runs {self.model_name!r}"
+        grid = tuple(4 * side for side in np.asarray(embedding.features).shape[-2:])
+        if problem is None and grid != self.low_res_size:
+            problem = f"features grid {tuple(np.asarray(embedding.features).shape[-2:])} is not the square input's"
+        expected = resized_shape(*embedding.original_size, self.image_size)
+        if problem is None and tuple(embedding.input_size) != expected:
+            problem = f"input_size {embedding.input_size}, expected {expected} for {embedding.original_size}"
+        if problem:
+            raise ModelError(f"embedding does not fit this predictor: {problem}")
+        self._embedding = ImageEmbedding(features=np.array(embedding.features, dtype=np.float32),
+                                         original_size=tuple(embedding.original_size),  # type: ignore[arg-type]
+                                         input_size=tuple(embedding.input_size),  # type: ignore[arg-type]
+                                         model=embedding.model)
+        self._prepared = None
+
+    @property
+    def embedding(self) -> ImageEmbedding:
+        """A copy of the current image's embedding. Raises :class:`PromptError` if no image is set."""
+        self._need_image()
+        e = self._embedding
+        return ImageEmbedding(features=e.features.copy(), original_size=e.original_size,  # type: ignore[union-attr]
+                              input_size=e.input_size, model=e.model)  # type: ignore[union-attr]
 
     def reset_image(self) -> None:
         """Forget the current image."""
-        self._features = self._prepared = None
-        self.original_size = self.input_size = None
+        self._embedding = self._prepared = None
 
     # ---------------------------------------------------------------------------------------------------
     # Prompts
@@ -116,7 +149,7 @@ class OnnxPredictor:
         """
         prompts = self._check(points, labels, box, mask_input)
         low, scores = self._decode(prompts, multimask)
-        height, width = self.original_size  # type: ignore[misc]
+        height, width = self._embedding.original_size  # type: ignore[union-attr]
         masks = np.empty((*low.shape[:2], height, width), dtype=np.float32 if return_logits else bool)
         for i in range(low.shape[0]):
             for j in range(low.shape[1]):
@@ -134,23 +167,25 @@ class OnnxPredictor:
     def masks_from_low_res(self, low_res_logits: Any, return_logits: bool = False) -> np.ndarray:
         """Upsample ``(..., 256, 256)`` logits to the current image ``(..., H, W)``: bool, or float32 logits."""
         self._need_image()
+        size = self._embedding.original_size  # type: ignore[union-attr]
         low = np.asarray(low_res_logits, dtype=np.float32)
         maps = low.reshape(-1, *low.shape[-2:])
-        out = np.empty((len(maps), *self.original_size), dtype=np.float32 if return_logits else bool)  # type: ignore
+        out = np.empty((len(maps), *size), dtype=np.float32 if return_logits else bool)
         for i, logits in enumerate(maps):
             full = self._upsample(logits)
             out[i] = full if return_logits else full > self.mask_threshold
-        return out.reshape(*low.shape[:-2], *self.original_size)  # type: ignore[misc]
+        return out.reshape(*low.shape[:-2], *size)
 
     # ---------------------------------------------------------------------------------------------------
 
     def _need_image(self) -> None:
-        if self._features is None:
+        if self._embedding is None:
             raise PromptError("no image is set: call set_image() first")
 
     def _check(self, points: Any, labels: Any, box: Any, mask_input: Any) -> Prompts:
         self._need_image()
-        prompts = check_prompts(points, labels, box, mask_input, image_size=self.original_size,  # type: ignore
+        prompts = check_prompts(points, labels, box, mask_input,
+                                image_size=self._embedding.original_size,  # type: ignore[union-attr]
                                 low_res_size=self.low_res_size)
         if prompts.points is None and prompts.boxes is None:
             raise PromptError("OnnxPredictor needs points or a box (a mask_input alone is not a prompt of the "
@@ -159,18 +194,19 @@ class OnnxPredictor:
 
     def _decode(self, prompts: Prompts, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
         coords, labels = onnx_prompt_arrays(prompts)
+        embedding = self._embedding
         prepared = None
         if prompts.mask_input is None:
             if self._prepared is None:
-                self._prepared = self._runner.prepare(self._features)  # type: ignore[arg-type]
+                self._prepared = self._runner.prepare(embedding.features)  # type: ignore[union-attr]
             prepared = self._prepared
         selected = slice(1, None) if multimask else slice(0, 1)
         out_low = out_iou = None  # filled chunk by chunk: only the selected masks are kept, in one array
         for start in range(0, len(coords), DECODE_CHUNK):
             part = slice(start, start + DECODE_CHUNK)
             masks = None if prompts.mask_input is None else prompts.mask_input[part]
-            low, iou = self._runner.decode(self._features, coords[part], labels[part], masks,  # type: ignore
-                                           self.original_size, prepared=prepared)  # type: ignore[arg-type]
+            low, iou = self._runner.decode(embedding.features, coords[part], labels[part], masks,  # type: ignore
+                                           embedding.original_size, prepared=prepared)  # type: ignore[union-attr]
             low, iou = low[:, selected], iou[:, selected]
             if out_low is None:
                 out_low = np.empty((len(coords), *low.shape[1:]), dtype=np.float32)
@@ -180,5 +216,6 @@ class OnnxPredictor:
 
     def _upsample(self, logits: np.ndarray) -> np.ndarray:
         """One ``(256, 256)`` map -> ``(H, W)`` logits (as :meth:`anymask.Predictor.upscale`)."""
-        return upscale_logits(logits, self.image_size // logits.shape[-1], self.input_size,  # type: ignore[arg-type]
-                              self.original_size)  # type: ignore[arg-type]
+        embedding = self._embedding
+        return upscale_logits(logits, self.image_size // logits.shape[-1], embedding.input_size,  # type: ignore
+                              embedding.original_size)  # type: ignore[union-attr]
