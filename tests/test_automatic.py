@@ -338,9 +338,10 @@ def test_cli_help_explains_every_option():
         assert option in result.stdout, option
 
 
-def test_upscale_shortcut_equals_the_predictor_upscale(mobile_sam):
-    """At a 1024 px image the final resize is the identity: the generator's shortcut gives the same logits."""
-    from anymask.automatic import _upscale
+def test_upscale_skips_only_an_identity_resize(mobile_sam):
+    """At a 1024 px image the final resize is the identity: skipping it gives SAM's two-resize logits exactly."""
+    import torch.nn.functional as F
+
     from anymask.predictor import ImageEmbedding, Predictor
 
     p = Predictor(mobile_sam)
@@ -348,14 +349,16 @@ def test_upscale_shortcut_equals_the_predictor_upscale(mobile_sam):
     for original, input_size in (((1024, 768), (1024, 768)), ((500, 300), (1024, 614))):
         p.set_embedding(ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), original, input_size, "mobile_sam"))
         with torch.inference_mode():
-            assert torch.equal(_upscale(p, low), p.upscale(low))
+            frame = F.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)
+            cropped = frame[..., : input_size[0], : input_size[1]]
+            expected = F.interpolate(cropped, original, mode="bilinear", align_corners=False)
+            assert torch.equal(p.upscale(low), expected)
 
 
 @pytest.mark.parametrize("size", [(1024, 1024), (1024, 768)])
 def test_direct_upsampling_equals_the_full_resize(mobile_sam, predictor, size):
     """The window-only upsampling of a 1024 px image gives SAM's full-resize stability, masks and boxes exactly."""
     from anymask.amg_utils import masks_to_boxes_torch
-    from anymask.automatic import _upscale
     from anymask.masks import stability_score
     from anymask.predictor import ImageEmbedding, Predictor
 
@@ -372,7 +375,7 @@ def test_direct_upsampling_equals_the_full_resize(mobile_sam, predictor, size):
     for mask, (window, y0, x0) in zip(masks, windows):
         mask[y0:y0 + window.shape[0], x0:x0 + window.shape[1]] = window
     with torch.inference_mode():
-        full = _upscale(p, torch.from_numpy(low)[:, None])[:, 0]
+        full = p.upscale(torch.from_numpy(low)[:, None])[:, 0]
         expected_masks = (full > 0.0).numpy()
         assert np.array_equal(masks, expected_masks)
         assert np.array_equal(stab, stability_score(full, 0.0, 1.0).numpy())

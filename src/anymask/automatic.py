@@ -389,7 +389,7 @@ class AutomaticMaskGenerator:
                                    rles, out_idx, boxes, stabs, cover_rows, areas)
                 t = self._tick("rle", t)
                 continue
-            full = _upscale(predictor, low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
+            full = predictor.upscale(low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
             stab = stability_score(full, threshold, self.stability_score_offset)
             ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
             masks = full[torch.from_numpy(ok)] > threshold
@@ -535,20 +535,6 @@ class AutomaticMaskGenerator:
                 "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
             })
         return records
-
-
-def _upscale(predictor: Predictor, low_res: torch.Tensor) -> torch.Tensor:
-    """``predictor.upscale``, without its second resize when that is the identity (same result, less work).
-
-    The model input is the image resized to ``input_size``; when that equals the original size (a 1024 px
-    image for a 1024 px model), the final bilinear resize maps a size onto itself, which is an exact copy.
-    """
-    emb = predictor.embedding
-    if tuple(emb.input_size) != tuple(emb.original_size):
-        return predictor.upscale(low_res)
-    size = predictor.spec.image_size
-    h, w = emb.input_size
-    return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)[..., :h, :w]
 
 
 def _take(data: dict, keep: np.ndarray) -> dict:

@@ -45,6 +45,7 @@ from . import __version__
 from .errors import ModelError
 from .fileio import atomic_write_text
 from .modeling import Sam
+from .runtime import PREDICTOR_GRAPHS
 
 logger = logging.getLogger(__name__)
 
@@ -352,12 +353,6 @@ def quantize_upscaling_int8(source: str | os.PathLike, target: str | os.PathLike
     return quantize_int8(source, target, per_channel=per_channel, only=upscaling_matmuls(source))
 
 
-def _predictor_graphs() -> dict[str, str]:
-    from .runtime import PREDICTOR_GRAPHS
-
-    return dict(PREDICTOR_GRAPHS)
-
-
 def describe(model: Sam, quantize: str | None, opset: int) -> dict:
     """The JSON description of the exported graphs (inputs, outputs, conventions)."""
     spec = model.spec
@@ -367,7 +362,7 @@ def describe(model: Sam, quantize: str | None, opset: int) -> dict:
         "mask_threshold": float(model.mask_threshold),
         "low_res_size": [int(side) for side in model.prompt_encoder.mask_input_size],
         # for anymask.onnx_predictor.OnnxPredictor: role -> file (low-res decoders, see the module docstring)
-        "runtime_graphs": _predictor_graphs(),
+        "runtime_graphs": dict(PREDICTOR_GRAPHS),
         "encoder": {
             "file": "encoder.onnx",
             "inputs": {"image": {"dtype": "uint8", "shape": ["height", "width", 3],
@@ -421,8 +416,6 @@ def export_model(model: Sam, out_dir: str | os.PathLike, quantize: str | None = 
         quantize_int8(encoder, encoder)
     decoder = export_decoder(model, out / "decoder.onnx", full_res=True, mask_input=True, opset=opset)
     # the graphs of anymask.onnx_predictor.OnnxPredictor (the runtime's own: low-res logits, image side prepared)
-    from .runtime import PREDICTOR_GRAPHS
-
     prepare, prepared = export_prepared_decoder(model, out / PREDICTOR_GRAPHS["decoder_prepare"],
                                                 out / PREDICTOR_GRAPHS["decoder_prepared"], opset=opset)
     mask_input = export_decoder(model, out / PREDICTOR_GRAPHS["decoder_mask_input"], full_res=False,

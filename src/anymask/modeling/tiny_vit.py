@@ -235,7 +235,8 @@ class TinyViTBlock(nn.Module):
         rows = self.mlp_stripe_rows
         if rows and height > 2 * rows:  # per token: in stripes of rows, to bound the hidden activations
             # explicit sizes: traced for ONNX, a split by size alone assumes equal parts when the height is symbolic
-            sizes = [rows] * (int(height) // rows) + ([int(height) % rows] if int(height) % rows else [])
+            count, rest = divmod(int(height), rows)
+            sizes = [rows] * count + ([rest] if rest else [])
             return torch.cat([part + self.mlp(part) for part in x.split(sizes, dim=1)], dim=1)
         return x + self.mlp(x)
 
