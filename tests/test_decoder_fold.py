@@ -151,7 +151,7 @@ def test_prepared_onnx_decoder_equals_the_unprepared_graph(mobile_sam, predictor
     ]
     for features in (full, np.ascontiguousarray(full[..., :40, :])):
         prepared = runner.prepare(features)
-        assert prepared["block_keys"].shape == (1, features.shape[2] * features.shape[3], 128)
+        assert prepared["block_keys"].shape == (1, 8, features.shape[2] * features.shape[3], 16)
         for coords, labels in prompts:
             plain = runner.decode(features, coords, labels, None, size)
             fast = runner.decode(features, coords, labels, None, size, prepared=prepared)

@@ -152,7 +152,7 @@ PREPARED_NAMES = ["keys", "key_pe", "block_keys", "block_values", "block_queries
 
 class DecoderPrepareGraph(nn.Module):
     """``image_embeddings`` ``(1, C, gh, gw)`` -> the decoder's prepared image side for prompts without a mask
-    input: the :data:`PREPARED_NAMES` tensors, ``(1, gh * gw, C)`` and ``(1, gh * gw, D)``."""
+    input: the :data:`PREPARED_NAMES` tensors, ``(1, gh * gw, C)`` and, split into heads, ``(1, H, gh * gw, D / H)``."""
 
     def __init__(self, model: Sam) -> None:
         super().__init__()
@@ -275,11 +275,11 @@ def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder
     prepare_path, decoder_path = Path(prepare_path), Path(decoder_path)
     grid = model.prompt_encoder.image_embedding_size
     embed = torch.randn(1, model.prompt_encoder.embed_dim, *grid)
-    token_axes = {1: "num_tokens"}
+    # keys, key_pe (1, N, C); block_keys, block_values, block_queries split into heads (1, H, N, d)
+    token_axes = {name: {1 if name in ("keys", "key_pe") else 2: "num_tokens"} for name in PREPARED_NAMES}
     prepare = DecoderPrepareGraph(model)
     _export(prepare, (embed,), prepare_path, ["image_embeddings"], PREPARED_NAMES,
-            {"image_embeddings": {2: "grid_height", 3: "grid_width"}, **{name: token_axes for name in PREPARED_NAMES}},
-            opset)
+            {"image_embeddings": {2: "grid_height", 3: "grid_width"}, **token_axes}, opset)
     with torch.no_grad():
         prepared = prepare(embed)
     coords = torch.randint(0, 600, (2, 3, 2)).float()
@@ -288,7 +288,7 @@ def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder
     names = ["image_embeddings", "point_coords", "point_labels", "orig_im_size", *PREPARED_NAMES]
     axes = {"image_embeddings": {2: "grid_height", 3: "grid_width"},
             "point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"},
-            **{name: token_axes for name in PREPARED_NAMES},
+            **token_axes,
             "low_res_masks": {0: "batch", 2: "low_res_height", 3: "low_res_width"}, "iou_predictions": {0: "batch"}}
     _export(PreparedDecoderGraph(model), (embed, coords, labels, size, *prepared), decoder_path, names,
             ["low_res_masks", "iou_predictions"], axes, opset)

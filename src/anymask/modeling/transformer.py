@@ -56,9 +56,12 @@ class PreparedImage(NamedTuple):
         keys: ``(1, N, C)`` image tokens: image embedding plus the dense prompt embedding, rows in ``h x w``
             order.
         key_pe: ``(1, N, C)`` their positional encoding.
-        block_keys: ``(1, N, D)`` keys of the first token-to-image attention (projected ``keys + key_pe``).
-        block_values: ``(1, N, D)`` its values (projected ``keys``).
-        block_queries: ``(1, N, D)`` queries of the first image-to-token attention (projected ``keys + key_pe``).
+        block_keys: ``(1, H, N, d)`` keys of the first token-to-image attention (projected ``keys + key_pe``),
+            split into the ``H`` heads of ``d = D / H`` channels (the layout the attention reads: splitting them
+            on every call cost a transpose of ``N x D`` floats per call).
+        block_values: ``(1, H, N, d)`` its values (projected ``keys``).
+        block_queries: ``(1, H, N, d)`` queries of the first image-to-token attention (projected
+            ``keys + key_pe``).
     """
 
     keys: torch.Tensor
@@ -129,12 +132,13 @@ class TwoWayTransformer(nn.Module):
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         k = keys + key_pe
         first = self.layers[0]
+        token_to_image, image_to_token = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         return PreparedImage(
             keys=keys,
             key_pe=key_pe,
-            block_keys=first.cross_attn_token_to_image.k_proj(k),
-            block_values=first.cross_attn_token_to_image.v_proj(keys),
-            block_queries=first.cross_attn_image_to_token.q_proj(k),
+            block_keys=token_to_image._split_heads(token_to_image.k_proj(k)).contiguous(),
+            block_values=token_to_image._split_heads(token_to_image.v_proj(keys)).contiguous(),
+            block_queries=image_to_token._split_heads(image_to_token.q_proj(k)).contiguous(),
         )
 
     def forward(
@@ -333,8 +337,8 @@ class Attention(nn.Module):
 
         Args:
             q: ``(B, T, C)`` query tokens.
-            k: ``(1, N, D)`` projected keys (``k_proj`` of the keys).
-            v: ``(1, N, D)`` projected values.
+            k: ``(1, H, N, d)`` projected keys (``k_proj`` of the keys), split into heads.
+            v: ``(1, H, N, d)`` projected values, split into heads.
 
         Returns:
             ``(B, T, C)``: the ``B T`` queries of each head attend to the shared keys in one product.
@@ -342,7 +346,7 @@ class Attention(nn.Module):
         batch, tokens, _ = q.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         queries = self._split_heads(self.q_proj(q)).transpose(0, 1).reshape(1, heads, batch * tokens, head_dim)
-        out = F.scaled_dot_product_attention(queries, self._split_heads(k), self._split_heads(v))  # (1, H, BT, d)
+        out = F.scaled_dot_product_attention(queries, k, v)  # (1, H, BT, d)
         out = out.reshape(heads, batch, tokens, head_dim).permute(1, 2, 0, 3).reshape(batch, tokens, -1)
         return self.out_proj(out)
 
@@ -351,7 +355,7 @@ class Attention(nn.Module):
         """``residual + forward(q, k, v)`` with the (many) queries already projected and shared by the batch.
 
         Args:
-            q: ``(1, N, D)`` projected queries (``q_proj`` of the image tokens).
+            q: ``(1, H, N, d)`` projected queries (``q_proj`` of the image tokens), split into heads.
             k: ``(B, T, C)`` key tokens.
             v: ``(B, T, C)`` value tokens.
             residual: ``(B, N, C)`` or ``(1, N, C)``, added to the result.
@@ -363,20 +367,20 @@ class Attention(nn.Module):
         batch, tokens, _ = k.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
-        queries = self._split_heads(q)[0]  # (H, N, d)
-        # per head, the batch's B T keys against the N shared queries in one product: (H, B T, N)
-        logits = keys.transpose(0, 1).reshape(heads, batch * tokens, head_dim) @ queries.transpose(1, 2)
-        weights = logits.reshape(heads, batch, tokens, -1).softmax(dim=2).transpose(0, 1)  # (B, H, T, N)
+        # per head, the N shared queries against the batch's B T keys in one product, laid out (H, N, B, T): the
+        # softmax over each prompt's T keys runs along the last axis
+        logits = q[0] @ keys.permute(1, 3, 0, 2).reshape(heads, head_dim, batch * tokens)  # (H, N, B T)
+        weights = logits.reshape(heads, -1, batch, tokens).softmax(dim=-1)
         if fold:
             values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
             out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)
             folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
-            weights = weights.reshape(batch, heads * tokens, -1).transpose(1, 2)  # (B, N, HT)
+            weights = weights.permute(2, 1, 0, 3).reshape(batch, -1, heads * tokens)  # (B, N, HT)
             if residual.shape[0] == batch:
                 return torch.baddbmm(residual, weights, folded_values)
             return residual + weights @ folded_values
         values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
-        out = (weights.transpose(2, 3) @ values).transpose(1, 2).reshape(batch, -1, self.internal_dim)
+        out = (weights.permute(2, 0, 1, 3) @ values).transpose(1, 2).reshape(batch, -1, self.internal_dim)
         return residual + self.out_proj(out)
 
     def token_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -428,18 +432,15 @@ class Attention(nn.Module):
         keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
         # logits_h = (q Wq_h^T + bq_h) k_h^T = q M_h + c_h
         folded_keys = (keys @ self._head_weights(self.q_proj)).reshape(batch, heads * tokens, -1)  # (B, HT, C)
-        offsets = (keys @ self.q_proj.bias.reshape(heads, head_dim, 1)).reshape(batch, heads * tokens, 1)
-        # laid out (B, H * T, N): the softmax over each head's T tokens then runs along a long inner axis
-        if q.shape[0] == 1:  # one product for the whole batch
-            logits = (folded_keys.flatten(0, 1) @ q.flatten(0, 1).t()).reshape(batch, heads * tokens, -1)
-            logits = logits + offsets
-        else:
-            logits = torch.baddbmm(offsets, folded_keys, q.transpose(1, 2))  # (B, HT, N)
-        weights = logits.reshape(batch, heads, tokens, -1).softmax(dim=2).reshape(batch, heads * tokens, -1)
+        offsets = (keys @ self.q_proj.bias.reshape(heads, head_dim, 1)).reshape(batch, 1, heads * tokens)
+        # laid out (B, N, H * T), image tokens first: the softmax over each head's T tokens is along the last
+        # axis and the attention is already the left operand of the output product (no transposes)
+        logits = torch.matmul(q, folded_keys.transpose(1, 2)) + offsets  # (B, N, HT); q of batch 1 broadcasts
+        weights = logits.reshape(batch, -1, heads, tokens).softmax(dim=-1).reshape(batch, -1, heads * tokens)
         # sum_h A_h (v_h Wo_h^T) + bo, with bo / H on every row of U (each A_h's rows sum to one)
         values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
         out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)  # (H, d, C)
         folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
         if residual.shape[0] == batch:
-            return torch.baddbmm(residual, weights.transpose(1, 2), folded_values)
-        return residual + weights.transpose(1, 2) @ folded_values
+            return torch.baddbmm(residual, weights, folded_values)
+        return residual + weights @ folded_values
