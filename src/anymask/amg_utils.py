@@ -32,7 +32,6 @@ __all__ = [
     "release_free_memory",
     "upscale_window",
     "generate_crop_boxes",
-    "box_iou_matrix",
     "box_nms",
     "is_box_near_crop_edge",
     "masks_to_boxes_torch",
@@ -115,22 +114,13 @@ def generate_crop_boxes(im_size: tuple[int, int], n_layers: int, overlap_ratio: 
 # ------------------------------------------------------------------------------------------------ NMS
 
 
-def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
-    """``(N, N)`` IoU of XYXY boxes ``(N, 4)`` with areas ``(x1 - x0) * (y1 - y0)`` (torchvision's rule)."""
-    boxes = boxes.to(torch.float64)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area[:, None] + area[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-
-
 def box_nms(boxes: Any, scores: Any, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; the IoU matrix is computed at once, the greedy pass is a short loop.
+    """Greedy non-maximum suppression, one kept box at a time against the boxes after it.
 
-    A box is dropped when its IoU with a kept, higher-scored box is *greater* than ``iou_threshold``.
+    A box is dropped when its IoU with a kept, higher-scored box is *greater* than ``iou_threshold``. IoU uses
+    the areas ``(x1 - x0) * (y1 - y0)`` (torchvision's rule), in float64. Memory is ``O(N)``: an ``N x N`` IoU
+    matrix (and its float64 temporaries: about 250 MB at 2000 boxes) would grow with the square of the number of
+    prompts; the time is ``O(K N)`` for ``K`` kept boxes, a few ms for thousands of candidates.
 
     Args:
         boxes: ``(N, 4)`` XYXY.
@@ -139,19 +129,29 @@ def box_nms(boxes: Any, scores: Any, iou_threshold: float) -> np.ndarray:
     Returns:
         ``(K,) int64`` indices of the kept boxes, by decreasing score.
     """
-    boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float64))
     scores_np = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(scores_np) == 0:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores_np, kind="stable")
-    over = (box_iou_matrix(boxes_t[torch.as_tensor(order)]) > iou_threshold).numpy()
+    ordered = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[order]
+    area = (ordered[:, 2] - ordered[:, 0]) * (ordered[:, 3] - ordered[:, 1])
     suppressed = np.zeros(len(order), dtype=bool)
     keep = []
     for i in range(len(order)):
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= over[i]
+        rest = i + 1 + np.flatnonzero(~suppressed[i + 1 :])  # later boxes still standing
+        if not len(rest):
+            break
+        others = ordered[rest]
+        lt = np.maximum(ordered[i, :2], others[:, :2])
+        rb = np.minimum(ordered[i, 2:], others[:, 2:])
+        wh = np.clip(rb - lt, 0, None)
+        inter = wh[:, 0] * wh[:, 1]
+        union = area[i] + area[rest] - inter
+        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        suppressed[rest[iou > iou_threshold]] = True
     return order[np.asarray(keep, dtype=np.int64)]
 
 

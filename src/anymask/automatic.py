@@ -348,29 +348,42 @@ class AutomaticMaskGenerator:
         predictor, stats = self.predictor, self.last_stats
         threshold = float(predictor.model.mask_threshold)
         t = time.perf_counter()
-        parts = [predictor.predict_low_res(points=chunk[:, None, :], labels=np.ones((len(chunk), 1), np.int64),
-                                          precision=self.precision)
-                 for chunk in np.array_split(points, math.ceil(len(points) / self.decode_chunk))]
-        low = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-        scores = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
-        del parts
-        t = self._tick("decoder", t)
+        # Decode in chunks and filter each chunk at once (predicted IoU, then low-resolution stability): only the
+        # survivors' (256, 256) logits are kept, so the batch never holds all its candidates' logits (64 prompts
+        # x 3 masks: 50 MB, and as much again for each copy the filters made).
+        survivors, kept_idx, all_scores = [], [], []
+        n_out = 0
+        offset = 0
+        for chunk in np.array_split(points, math.ceil(len(points) / self.decode_chunk)):
+            low, scores = predictor.predict_low_res(points=chunk[:, None, :], labels=np.ones((len(chunk), 1), np.int64),
+                                                    precision=self.precision)
+            t = self._tick("decoder", t)
+            n_out = low.shape[1]
+            low_t = torch.from_numpy(low).flatten(0, 1)  # (n * 3, 256, 256)
+            iou = scores.reshape(-1)
+            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else np.ones(len(iou), dtype=bool)
+            if self.stability_score_thresh > 0:
+                h, w = predictor.embedding.input_size
+                scale = low.shape[-1] / predictor.spec.image_size
+                lh, lw = math.ceil(h * scale), math.ceil(w * scale)
+                idx = np.flatnonzero(keep)
+                low_stab = stability_score(low_t[idx, :lh, :lw], threshold, self.stability_score_offset).numpy()
+                keep[idx[low_stab < self.stability_score_thresh - self.stability_prefilter_margin]] = False
+            idx = np.flatnonzero(keep)
+            survivors.append(low_t[idx].numpy())  # a copy: the chunk's logits are freed
+            kept_idx.append(offset + idx)
+            all_scores.append(scores)
+            offset += len(iou)
+            del low, low_t
+            t = self._tick("filter", t)
         stats["prompts"] += len(points)
-        n_out = low.shape[1]
-        low_t = torch.from_numpy(low).flatten(0, 1)  # (B * 3, 256, 256)
-        iou = scores.reshape(-1)
+        iou = np.concatenate(all_scores).reshape(-1)
         pts = np.repeat(points, n_out, axis=0)
         stats["candidates"] += len(iou)
-        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else np.ones(len(iou), dtype=bool)
-        if self.stability_score_thresh > 0:
-            h, w = predictor.embedding.input_size
-            scale = low.shape[-1] / predictor.spec.image_size
-            lh, lw = math.ceil(h * scale), math.ceil(w * scale)
-            idx = np.flatnonzero(keep)
-            low_stab = stability_score(low_t[idx, :lh, :lw], threshold, self.stability_score_offset).numpy()
-            keep[idx[low_stab < self.stability_score_thresh - self.stability_prefilter_margin]] = False
-        idx = np.flatnonzero(keep)
-        t = self._tick("filter", t)
+        idx = np.concatenate(kept_idx)
+        low = np.concatenate(survivors) if len(survivors) > 1 else survivors[0]  # (K, 256, 256), rows as idx
+        del survivors
+        low_t = torch.from_numpy(low)
         stats["upsampled"] += len(idx)
 
         rles: list = []
@@ -385,11 +398,11 @@ class AutomaticMaskGenerator:
         for s in range(0, len(idx), self.upsample_chunk):
             part = idx[s:s + self.upsample_chunk]
             if direct:  # one resize, only where each mask can reach; RLE from that window (same masks)
-                self._direct_chunk(low[part // n_out, part % n_out], part, threshold, crop_box, orig_size, probe,
+                self._direct_chunk(low[s:s + self.upsample_chunk], part, threshold, crop_box, orig_size, probe,
                                    rles, out_idx, boxes, stabs, cover_rows, areas)
                 t = self._tick("rle", t)
                 continue
-            full = predictor.upscale(low_t[part][:, None])[:, 0]  # (n, h_crop, w_crop) logits
+            full = predictor.upscale(low_t[s:s + self.upsample_chunk][:, None])[:, 0]  # (n, h_crop, w_crop) logits
             stab = stability_score(full, threshold, self.stability_score_offset)
             ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
             masks = full[torch.from_numpy(ok)] > threshold
