@@ -347,11 +347,54 @@ class AutomaticMaskGenerator:
         """Decode ``(B, 2)`` points (crop pixels); return the kept candidates and which ``probe`` points they cover."""
         predictor, stats = self.predictor, self.last_stats
         threshold = float(predictor.model.mask_threshold)
+        rles: list = []
+        out_idx, boxes, stabs = [], [], []
+        cover_rows: list[np.ndarray] = []
+        areas: list[np.ndarray] = []
+        orig_h, orig_w = orig_size
+        cx0, cy0, cx1, cy1 = crop_box
+        pad = (cx0, orig_w - cx1, cy0, orig_h - cy1)
+        direct = self._window_upsampling and (
+            tuple(predictor.embedding.input_size) == tuple(predictor.embedding.original_size))
         t = time.perf_counter()
-        # Decode in chunks and filter each chunk at once (predicted IoU, then low-resolution stability): only the
-        # survivors' (256, 256) logits are kept, so the batch never holds all its candidates' logits (64 prompts
-        # x 3 masks: 50 MB, and as much again for each copy the filters made).
-        survivors, kept_idx, all_scores = [], [], []
+
+        def upsample(low: np.ndarray, idx: np.ndarray) -> None:
+            """Decide on ``(K, 256, 256)`` surviving logits (candidates ``idx`` of the batch) at full resolution."""
+            nonlocal t
+            low_t = torch.from_numpy(low)
+            for s in range(0, len(idx), self.upsample_chunk):
+                part = idx[s:s + self.upsample_chunk]
+                if direct:  # one resize, only where each mask can reach; RLE from that window (same masks)
+                    self._direct_chunk(low[s:s + self.upsample_chunk], part, threshold, crop_box, orig_size, probe,
+                                       rles, out_idx, boxes, stabs, cover_rows, areas)
+                    t = self._tick("rle", t)
+                    continue
+                full = predictor.upscale(low_t[s:s + self.upsample_chunk][:, None])[:, 0]  # (n, h_crop, w_crop)
+                stab = stability_score(full, threshold, self.stability_score_offset)
+                ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
+                masks = full[torch.from_numpy(ok)] > threshold
+                del full
+                box = masks_to_boxes_torch(masks).numpy()
+                edge_ok = ~is_box_near_crop_edge(box, crop_box, [0, 0, orig_w, orig_h])
+                masks, box = masks[torch.from_numpy(edge_ok)], box[edge_ok]
+                t = self._tick("upsample", t)
+                if probe is not None and len(masks):
+                    px = np.clip(probe[:, 0].astype(np.int64), 0, masks.shape[2] - 1)
+                    py = np.clip(probe[:, 1].astype(np.int64), 0, masks.shape[1] - 1)
+                    cover_rows.append(masks[:, py, px].numpy())
+                    areas.append(masks.sum(dim=(1, 2)).numpy())
+                if any(pad):
+                    masks = F.pad(masks, pad, value=False)
+                rles.extend(encode_rles(masks.numpy()))
+                out_idx.append(part[ok][edge_ok])
+                boxes.append(box)
+                stabs.append(stab.numpy()[ok][edge_ok])
+                t = self._tick("rle", t)
+
+        # Decode in chunks; filter each chunk at once (predicted IoU, then low-resolution stability) and decide on
+        # its survivors straight away: the batch never holds its candidates' logits (64 prompts x 3 masks: 50 MB,
+        # and as much again for each copy the filters made), only one chunk's.
+        all_scores = []
         n_out = 0
         offset = 0
         for chunk in np.array_split(points, math.ceil(len(points) / self.decode_chunk)):
@@ -370,59 +413,17 @@ class AutomaticMaskGenerator:
                 low_stab = stability_score(low_t[idx, :lh, :lw], threshold, self.stability_score_offset).numpy()
                 keep[idx[low_stab < self.stability_score_thresh - self.stability_prefilter_margin]] = False
             idx = np.flatnonzero(keep)
-            survivors.append(low_t[idx].numpy())  # a copy: the chunk's logits are freed
-            kept_idx.append(offset + idx)
-            all_scores.append(scores)
-            offset += len(iou)
+            survivors = low_t[idx].numpy()  # (K, 256, 256), a copy: the chunk's logits are freed
             del low, low_t
             t = self._tick("filter", t)
+            stats["upsampled"] += len(idx)
+            upsample(survivors, offset + idx)
+            all_scores.append(scores)
+            offset += len(iou)
         stats["prompts"] += len(points)
         iou = np.concatenate(all_scores).reshape(-1)
         pts = np.repeat(points, n_out, axis=0)
         stats["candidates"] += len(iou)
-        idx = np.concatenate(kept_idx)
-        low = np.concatenate(survivors) if len(survivors) > 1 else survivors[0]  # (K, 256, 256), rows as idx
-        del survivors
-        low_t = torch.from_numpy(low)
-        stats["upsampled"] += len(idx)
-
-        rles: list = []
-        out_idx, boxes, stabs = [], [], []
-        cover_rows: list[np.ndarray] = []
-        areas: list[np.ndarray] = []
-        orig_h, orig_w = orig_size
-        cx0, cy0, cx1, cy1 = crop_box
-        pad = (cx0, orig_w - cx1, cy0, orig_h - cy1)
-        direct = self._window_upsampling and (
-            tuple(predictor.embedding.input_size) == tuple(predictor.embedding.original_size))
-        for s in range(0, len(idx), self.upsample_chunk):
-            part = idx[s:s + self.upsample_chunk]
-            if direct:  # one resize, only where each mask can reach; RLE from that window (same masks)
-                self._direct_chunk(low[s:s + self.upsample_chunk], part, threshold, crop_box, orig_size, probe,
-                                   rles, out_idx, boxes, stabs, cover_rows, areas)
-                t = self._tick("rle", t)
-                continue
-            full = predictor.upscale(low_t[s:s + self.upsample_chunk][:, None])[:, 0]  # (n, h_crop, w_crop) logits
-            stab = stability_score(full, threshold, self.stability_score_offset)
-            ok = (stab >= self.stability_score_thresh).numpy() if self.stability_score_thresh > 0 else np.ones(len(part), bool)
-            masks = full[torch.from_numpy(ok)] > threshold
-            del full
-            box = masks_to_boxes_torch(masks).numpy()
-            edge_ok = ~is_box_near_crop_edge(box, crop_box, [0, 0, orig_w, orig_h])
-            masks, box = masks[torch.from_numpy(edge_ok)], box[edge_ok]
-            t = self._tick("upsample", t)
-            if probe is not None and len(masks):
-                px = np.clip(probe[:, 0].astype(np.int64), 0, masks.shape[2] - 1)
-                py = np.clip(probe[:, 1].astype(np.int64), 0, masks.shape[1] - 1)
-                cover_rows.append(masks[:, py, px].numpy())
-                areas.append(masks.sum(dim=(1, 2)).numpy())
-            if any(pad):
-                masks = F.pad(masks, pad, value=False)
-            rles.extend(encode_rles(masks.numpy()))
-            out_idx.append(part[ok][edge_ok])
-            boxes.append(box)
-            stabs.append(stab.numpy()[ok][edge_ok])
-            t = self._tick("rle", t)
         chosen = np.concatenate(out_idx) if out_idx else np.zeros(0, dtype=np.int64)
         batch = {
             "rles": rles,
