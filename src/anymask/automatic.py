@@ -9,9 +9,10 @@ What makes it fast without changing what it finds:
 * candidates are filtered on predicted IoU and on a *low-resolution* stability score first (the decoder's
   ``(256, 256)`` logits); only survivors (and those within ``stability_prefilter_margin`` of the cut-off) are
   upsampled, where the stability score is computed again at full resolution, exactly as SAM does, to decide;
-* upsampling goes in chunks and masks are kept as COCO RLE, so memory is bounded by the batch size, not by
-  the number of prompts;
-* NMS is vectorised (one IoU matrix); RLE encoding goes through pycocotools.
+* each decode chunk is filtered and its survivors decided at once, upsampling goes in chunks and masks are kept
+  as COCO RLE, so memory is bounded by the chunk sizes, not by the number of prompts;
+* NMS is vectorised per kept box (memory grows with the candidates, not their square); RLE encoding goes through
+  pycocotools.
 
 One option changes results and is off by default: ``skip_covered_points`` decodes the grid coarse-to-fine and
 skips grid points that already lie inside a mask accepted with predicted IoU >= ``skip_iou_thresh``.
@@ -115,7 +116,9 @@ class AutomaticMaskGenerator:
         model: a network from :func:`anymask.load_model` or a :class:`~anymask.Predictor`.
         points_per_side: the grid has ``points_per_side ** 2`` click prompts over the image (or crop);
             give ``None`` to use ``point_grids`` instead (exactly one of the two).
-        points_per_batch: prompts decoded together. Memory grows with it, not with the number of prompts.
+        points_per_batch: prompts processed together (SAM's batch; with ``skip_covered_points`` the points to skip
+            are updated after each batch). Memory is bounded by ``decode_chunk`` and ``upsample_chunk`` within it,
+            not by this or by the number of prompts.
         pred_iou_thresh: keep masks whose predicted IoU is above this, in ``[0, 1]`` (0 = no filter).
         stability_score_thresh: keep masks whose stability score (IoU of the mask thresholded at
             ``+offset`` and ``-offset`` logits) is at least this, in ``[0, 1]`` (0 = no filter).
@@ -142,7 +145,7 @@ class AutomaticMaskGenerator:
         upsample_chunk: candidate masks upsampled to full resolution at a time (bounds memory).
         decode_chunk: prompts given to the mask decoder at once. The decoder's activations grow with it
             (its upscaling alone holds ``32 x 256 x 256`` floats, 8 MB, per prompt), so it bounds the peak memory;
-            a batch of ``points_per_batch`` prompts is decoded in such chunks, then filtered together.
+            a batch of ``points_per_batch`` prompts is decoded in such chunks, each filtered and decided at once.
         precision: ``"fp32"`` (exact), or ``"int8"``: the decoder's mask upscaling in int8 (onnx backends only;
             faster, **changes results** slightly, see docs/everything.md for the measured agreement).
 

@@ -64,7 +64,7 @@ def add_generator_arguments(parser: argparse.ArgumentParser, points_per_side: in
     g.add_argument("--points-per-side", type=int, default=points_per_side, metavar="N",
                    help=f"grid of N x N click prompts per image (default {points_per_side})")
     g.add_argument("--points-per-batch", type=int, default=64, metavar="N",
-                   help="prompts decoded together; memory grows with it (default 64)")
+                   help="prompts processed together, decoded in chunks of 4 (SAM's batch; default 64)")
     g.add_argument("--pred-iou-thresh", type=float, default=0.88, metavar="T",
                    help="keep masks whose predicted IoU is above T, in [0, 1] (default 0.88)")
     g.add_argument("--stability-score-thresh", type=float, default=0.95, metavar="T",
