@@ -109,34 +109,33 @@ def test_box_nms_matches_torchvision():
             np.testing.assert_array_equal(amg_utils.box_nms(boxes, scores, thresh), theirs)
 
 
-def test_box_nms_memory_does_not_grow_with_the_square_of_the_boxes():
+def test_box_nms_memory_does_not_grow_with_the_square_of_the_boxes(tmp_path):
     """3000 candidates (a 32 x 32 grid's 3 masks each): an IoU matrix would take 72 MB per float64 array, and
     its temporaries several times that. Measured as the growth of the peak RSS of a fresh process."""
     import subprocess
     import sys
 
-    script = """
+    from torchvision.ops import batched_nms
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    xy = rng.uniform(0, 1000, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 300, (n, 2))], axis=1).round()
+    scores = rng.uniform(0, 1, n)
+    np.save(tmp_path / "boxes.npy", boxes)
+    np.save(tmp_path / "scores.npy", scores)
+    script = f"""
 import resource, numpy as np
 from anymask import amg_utils
-rng = np.random.default_rng(1)
-n = 3000
-xy = rng.uniform(0, 1000, (n, 2))
-boxes = np.concatenate([xy, xy + rng.uniform(1, 300, (n, 2))], axis=1).round()
-scores = rng.uniform(0, 1, n)
+boxes, scores = np.load({str(tmp_path / "boxes.npy")!r}), np.load({str(tmp_path / "scores.npy")!r})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 keep = amg_utils.box_nms(boxes, scores, 0.7)
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 print(grown, ",".join(map(str, keep)))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
-    assert float(out[0]) < 32, f"box_nms grew the peak RSS by {float(out[0]):.0f} MB for 3000 boxes"
-    from torchvision.ops import batched_nms
-
-    rng = np.random.default_rng(1)
-    xy = rng.uniform(0, 1000, (3000, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(1, 300, (3000, 2))], axis=1).round()
-    scores = rng.uniform(0, 1, 3000)
-    theirs = batched_nms(torch.as_tensor(boxes).float(), torch.as_tensor(scores).float(), torch.zeros(3000), 0.7)
+    assert float(out[0]) < 32, f"box_nms grew the peak RSS by {float(out[0]):.0f} MB for {n} boxes"
+    theirs = batched_nms(torch.as_tensor(boxes).float(), torch.as_tensor(scores).float(), torch.zeros(n), 0.7)
     np.testing.assert_array_equal(np.array(out[1].split(","), dtype=np.int64), theirs.numpy())
 
 

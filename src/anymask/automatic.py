@@ -397,6 +397,10 @@ class AutomaticMaskGenerator:
         # Decode in chunks; filter each chunk at once (predicted IoU, then low-resolution stability) and decide on
         # its survivors straight away: the batch never holds its candidates' logits (64 prompts x 3 masks: 50 MB,
         # and as much again for each copy the filters made), only one chunk's.
+        # the low-res logits' part that covers the image (the rest is the square padding)
+        h, w = predictor.embedding.input_size
+        scale = predictor.low_res_size[1] / predictor.spec.image_size
+        lh, lw = math.ceil(h * scale), math.ceil(w * scale)
         all_scores = []
         n_out = 0
         offset = 0
@@ -409,9 +413,6 @@ class AutomaticMaskGenerator:
             iou = scores.reshape(-1)
             keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else np.ones(len(iou), dtype=bool)
             if self.stability_score_thresh > 0:
-                h, w = predictor.embedding.input_size
-                scale = low.shape[-1] / predictor.spec.image_size
-                lh, lw = math.ceil(h * scale), math.ceil(w * scale)
                 idx = np.flatnonzero(keep)
                 low_stab = stability_score(low_t[idx, :lh, :lw], threshold, self.stability_score_offset).numpy()
                 keep[idx[low_stab < self.stability_score_thresh - self.stability_prefilter_margin]] = False
