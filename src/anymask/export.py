@@ -220,7 +220,8 @@ def export_encoder(model: Sam, path: str | os.PathLike, opset: int = DEFAULT_OPS
                 {"image": {0: "height", 1: "width"}}, opset)
     else:
         dummy = torch.randint(0, 256, (int(shape[0]), int(shape[1]), 3), dtype=torch.uint8)
-        _export(EncoderGraph(model, pad_to_square=False, pad_multiple=pad_multiple), (dummy,), path, ["image"], ["image_embeddings"], {}, opset)
+        _export(EncoderGraph(model, pad_to_square=False, pad_multiple=pad_multiple), (dummy,), path, ["image"],
+                ["image_embeddings"], {}, opset)
     return path
 
 
@@ -325,11 +326,11 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, per_chan
 
 
 def upscaling_matmuls(source: str | os.PathLike) -> list[str]:
-    """Names of the mask upscaling's two weight MatMuls in a decoder graph (a :class:`ModelError` if not found).
+    """Names of the mask upscaling's four weight MatMuls in a decoder graph (a :class:`ModelError` if not found).
 
-    The upscaling (two 2x2 transposed convolutions as matrix products over every pixel, see
-    :mod:`anymask.modeling.mask_upscaling`) is about 40% of a decoder call's arithmetic; its weights are plain 2-D
-    matrices at the graph's top level.
+    The upscaling (two 2x2 transposed convolutions as matrix products over every pixel, each split into its two
+    kernel rows, see :mod:`anymask.modeling.mask_upscaling`) is about 40% of a decoder call's arithmetic; its
+    weights are plain 2-D matrices at the graph's top level.
     """
     import onnx
 
@@ -338,14 +339,15 @@ def upscaling_matmuls(source: str | os.PathLike) -> list[str]:
     chosen = [n.name for n in graph.graph.node
               if n.op_type == "MatMul" and n.name.count("/") == 1 and len(weights.get(n.input[1], ())) == 2
               and weights[n.input[1]][0] >= 64]
-    if len(chosen) != 2:
-        raise ModelError(f"expected the mask upscaling's two weight MatMuls in {source}, found {chosen}")
+    if len(chosen) != 4:
+        raise ModelError(f"expected the mask upscaling's four weight MatMuls in {source}, found {chosen}")
     return chosen
 
 
 def quantize_upscaling_int8(source: str | os.PathLike, target: str | os.PathLike,
                             per_channel: bool = True) -> Path:
-    """Dynamic int8 quantisation of only the mask upscaling's two weight MatMuls of a decoder graph.
+    """Dynamic int8 quantisation of only the mask upscaling's weight MatMuls (both transposed convolutions) of a
+    decoder graph.
 
     The transformer's matrix products stay float32: quantising them too moved mask logits by up to 6.6 (masks down
     to IoU 0.89 against float32), the upscaling alone by up to 2.9 (IoU >= 0.97).

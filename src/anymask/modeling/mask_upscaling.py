@@ -4,10 +4,18 @@ The mask decoder turns its ``(B, h * w, C)`` image tokens into mask logits with
 ``ConvTranspose2d(C, C/4, 2, stride 2) -> LayerNorm2d -> GELU -> ConvTranspose2d(C/4, C/8, 2, stride 2) -> GELU``
 and a dot product of every pixel's ``C/8`` features with each mask token's hypernetwork weights.
 
-A 2x2 transposed convolution with stride 2 maps every input pixel to its own 2x2 output block: it is one
+A 2x2 transposed convolution with stride 2 maps every input pixel to its own 2x2 output block: it is a
 matrix product ``(pixels, C_in) @ (C_in, 4 * C_out)``. Kept channels-last, the tokens need no transpose to
-``(B, C, h, w)``, the LayerNorm is the native one over the last axis, and the sub-pixel positions stay apart
-until the very end, where only the ``(B, M, 4h, 4w)`` logits are rearranged into image order.
+``(B, C, h, w)`` and the LayerNorm is the native one over the last axis.
+
+Output pixel ``(4y + 2 i1 + i2, 4x + 2 j1 + j2)`` comes from grid cell ``(y, x)``, sub-pixel ``(i1, j1)`` of the
+first convolution and ``(i2, j2)`` of the second. The products are split by the sub-pixel *rows* (each half of
+a weight matrix is its own product: four paths ``(i1, i2)``), while the columns ``j1`` and ``j2`` stay with the
+channels. Each path's logits are then whole image rows, ``(M, y, 4w)`` for rows ``4y + 2 i1 + i2``, and one
+stack interleaves the four into image order, moving runs of ``4w`` floats. (Products over all four sub-pixels at
+once left the logits as ``(y, x, i1, j1, i2, j2, M)``, whose rearrangement into image order moves 2 floats at a
+time: 1.2 ms of an 18 ms click in onnxruntime; the four paths measured 1.05x faster per click, 1.04x for the
+automatic generator's 4-prompt calls at one thread, same logits.)
 """
 
 from __future__ import annotations
@@ -19,11 +27,11 @@ from torch import nn
 __all__ = ["upscaled_mask_logits"]
 
 
-def _as_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``kernel 2, stride 2`` transposed convolution as ``(C_in, 4 * C_out)`` weight and ``(4 * C_out,)`` bias,
-    columns ordered (kernel row, kernel column, output channel)."""
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1)
-    return weight, conv.bias.repeat(4)
+def _row_halves(conv: nn.ConvTranspose2d) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``kernel 2, stride 2`` transposed convolution as two ``(C_in, 2 * C_out)`` weights, one per kernel row,
+    columns ordered (kernel column, output channel), and their ``(2 * C_out,)`` bias."""
+    weight = conv.weight.permute(2, 0, 3, 1).reshape(2, conv.in_channels, -1)  # (kernel row, C_in, 2 * C_out)
+    return (weight[0], weight[1]), conv.bias.repeat(2)
 
 
 def upscaled_mask_logits(
@@ -44,14 +52,14 @@ def upscaled_mask_logits(
         rounding.
     """
     conv1, norm, act1, conv2, act2 = upscaling
-    batch = tokens.shape[0]
-    weight1, bias1 = _as_matrix(conv1)
-    weight2, bias2 = _as_matrix(conv2)
-    x = torch.matmul(tokens, weight1) + bias1  # (B, hw, 4 * C1): sub-pixel (i1, j1) x channel
-    x = F.layer_norm(x.reshape(batch, -1, conv1.out_channels), (conv1.out_channels,), norm.weight, norm.bias, norm.eps)
-    x = act1(x)
-    x = act2(torch.matmul(x, weight2) + bias2)  # (B, 4hw, 4 * C2): sub-pixel (i2, j2) x channel
-    masks = torch.matmul(x.reshape(batch, -1, conv2.out_channels), hyper_in.transpose(1, 2))  # (B, 16hw, M)
-    # pixel (4y + 2 i1 + i2, 4x + 2 j1 + j2) of every mask
-    masks = masks.reshape(batch, height, width, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return masks.reshape(batch, -1, 4 * height, 4 * width)
+    batch, masks_per_prompt = hyper_in.shape[:2]
+    weights1, bias1 = _row_halves(conv1)
+    weights2, bias2 = _row_halves(conv2)
+    rows = []  # the logits of image rows 4y + 2 i1 + i2, one (i1, i2) at a time: (B, M, h, 4w)
+    for weight1 in weights1:  # first convolution, kernel row i1: (B, h * w, 2 * C1), columns (j1, channel)
+        x = (torch.matmul(tokens, weight1) + bias1).reshape(batch, -1, conv1.out_channels)  # rows (y, x, j1)
+        x = act1(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        for weight2 in weights2:  # second convolution, kernel row i2: rows (y, x, j1, j2) once reshaped
+            y = act2(torch.matmul(x, weight2) + bias2).reshape(batch, -1, conv2.out_channels)
+            rows.append(torch.matmul(hyper_in, y.transpose(1, 2)).reshape(batch, masks_per_prompt, height, 4 * width))
+    return torch.stack(rows, dim=3).reshape(batch, masks_per_prompt, 4 * height, 4 * width)
