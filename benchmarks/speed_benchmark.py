@@ -13,7 +13,10 @@ for the reference, anymask's backends, and anymask's torch / onnx backends with 
 folded decoder (the default) is timed against the plain one in the same run;
 
 medians over ``--repeats`` runs, ratios to the reference, peak RSS, and the compute bound (FLOPs counted by
-``torch.utils.flop_counter`` / the sgemm throughput measured in the same run). Mask IoU against anymask's
+``torch.utils.flop_counter`` / the sgemm throughput measured in the same run). With ``--rounds N`` every system's
+process is run N times, the order of the systems reversed every other round, and each figure is the median of
+the rounds' medians (peak RSS: the largest): on this shared machine one system's figures moved by up to 1.7x
+between single runs minutes apart (the onnx click 17.8 to 31.2 ms), so one round can favour either side. Mask IoU against anymask's
 exact float32 torch path is reported for every system on the same prompts.
 
 ``onnx-lite`` is :class:`anymask.onnx_predictor.OnnxPredictor` on a folder written by ``anymask export`` (the
@@ -34,6 +37,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -275,6 +279,17 @@ def _warm_graphs(system: str, python: str | None = None) -> None:
                     f"Predictor(m, backend='{backend}')"], check=True, env=env)
 
 
+def combine_rounds(runs: list[dict]) -> dict:
+    """One system's result from its processes' results: per operation the median of their medians, peak RSS the
+    largest, every round's medians kept under ``round_ms``."""
+    combined = dict(runs[0])
+    combined["ms"] = {op: statistics.median(run["ms"][op] for run in runs) for op in runs[0]["ms"]}
+    for key in ("import_rss_mb", "session_rss_mb", "peak_rss_mb"):
+        combined[key] = max(run[key] for run in runs)
+    combined["round_ms"] = [run["ms"] for run in runs]
+    return combined
+
+
 def markdown(result: dict) -> str:
     systems = [r["system"] for r in result["runs"]]
     ref = next((r for r in result["runs"] if r["system"] == "reference"), None)
@@ -284,8 +299,9 @@ def markdown(result: dict) -> str:
     lines = [
         "# Speed benchmark: reference MobileSAM vs anymask backends (CPU)", "",
         f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads; medians over "
-        f"{result['repeats']} runs (64-point batch: {max(3, result['repeats'] // 3)}); each system in its own process. "
-        f"Load during the run: {result['load']}.", "",
+        f"{result['repeats']} runs (64-point batch: {max(3, result['repeats'] // 3)}); each system in its own process"
+        + (f", {result['rounds']} rounds in alternating order (each figure: the median of the rounds' medians)"
+           if result.get("rounds", 1) > 1 else "") + f". Load during the run: {result['load']}.", "",
         "| operation | " + " | ".join(f"{s} (ms)" for s in systems) + " | " +
         " | ".join(f"{s} vs reference" for s in systems if s != "reference") +
         "".join(f" | {a} vs {b}" for a, b in pairs) + " |",
@@ -311,6 +327,11 @@ def markdown(result: dict) -> str:
                  " |" * (len(systems) - 1 + len(pairs)))
     lines.append(f"| mean mask IoU vs {base} | " + " | ".join(f"{acc[s]['mean_iou']:.4f}" for s in systems) + " |" +
                  " |" * (len(systems) - 1 + len(pairs)))
+    if result.get("rounds", 1) > 1:
+        lines += ["", "Each round's medians (ms), in the order the rounds ran:", ""]
+        for op in ("encoder_1024x1024", "click", "box"):
+            lines.append(f"- {op}: " + "; ".join(
+                f"{r['system']} " + " / ".join(f"{ms[op]:.1f}" for ms in r["round_ms"]) for r in result["runs"]))
     lines += ["", f"Compute bound: encoder {bound['encoder_gflop']:.1f} GFLOP, one click's decoder "
               f"{bound['click_decoder_gflop']:.2f} GFLOP folded with the image side prepared (preparing it: "
               f"{bound.get('prepare_gflop', 0):.2f} GFLOP once per image; plain: {bound['click_decoder_plain_gflop']:.2f}); "
@@ -330,6 +351,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "speed"), help="results path without extension")
     parser.add_argument("--product-python", help="also run anymask's onnx backend (system onnx-product) under this "
                         "interpreter, e.g. a venv with the CPU build of torch that the product installs")
+    parser.add_argument("--rounds", type=int, default=1, help="run every system's process this many times, the order "
+                        "reversed every other round; report the median of the rounds' medians")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--masks", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -353,13 +376,17 @@ def main() -> None:
         if args.product_python:
             _warm_graphs("onnx-product", args.product_python)
         load_before = os.getloadavg()
-        runs, files = [], {}
-        for system in systems + (["onnx-product"] if args.product_python else []):
-            files[system] = os.path.join(tmp, f"{system}.npz")
-            python = args.product_python if system == "onnx-product" else None
-            runs.append(_run_child(["--child", system, "--repeats", str(args.repeats), "--masks", files[system]],
-                                   python))
-            print(f"{system}: {json.dumps(runs[-1]['ms'])}", flush=True)
+        everyone = systems + (["onnx-product"] if args.product_python else [])
+        files = {system: os.path.join(tmp, f"{system}.npz") for system in everyone}
+        rounds: dict[str, list[dict]] = {system: [] for system in everyone}
+        for index in range(max(1, args.rounds)):
+            for system in everyone if index % 2 == 0 else everyone[::-1]:
+                python = args.product_python if system == "onnx-product" else None
+                masks = files[system] if index == 0 else os.path.join(tmp, f"{system}-{index}.npz")
+                rounds[system].append(_run_child(["--child", system, "--repeats", str(args.repeats), "--masks", masks],
+                                                 python))
+                print(f"round {index + 1}, {system}: {json.dumps(rounds[system][-1]['ms'])}", flush=True)
+        runs = [combine_rounds(rounds[system]) for system in everyone]
         bound = _run_child(["--child", "bound"])
         base = "torch" if "torch" in files else systems[0]
         acc = accuracy(files, base=base)
@@ -368,7 +395,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
               "torch": torch.__version__, "threads": int(os.environ.get("BENCH_THREADS", "2")), "repeats": args.repeats,
               "load": f"1-min load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after",
-              "runs": runs, "bound": bound, "accuracy": acc, "accuracy_base": base}
+              "runs": runs, "rounds": max(1, args.rounds), "bound": bound, "accuracy": acc, "accuracy_base": base}
     write_results(args.out, result, markdown(result))
 
 

@@ -246,7 +246,9 @@ class OnnxRunner:
                 settings.add_session_config_entry("session.use_env_allocators", "1")
             if decoder:
                 # a decode is followed at once by the upsampling in torch/OpenCV: onnxruntime's threads must not
-                # spin-wait on the cores it needs (one click 37.9 -> 29.3 ms, 16 boxes 440 -> 410 ms)
+                # spin-wait on the cores it needs (one click 37.9 -> 29.3 ms, 16 boxes 440 -> 410 ms, when torch
+                # upsampled). Rechecked with OpenCV upsampling, one process per setting: a click the same either
+                # way (18.2-22.4 ms), the automatic generator at 2 threads slower with spinning (28.9 vs 25.1 s)
                 settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return settings
 
