@@ -16,8 +16,8 @@ medians over ``--repeats`` runs, ratios to the reference, peak RSS, and the comp
 ``torch.utils.flop_counter`` / the sgemm throughput measured in the same run). With ``--rounds N`` every system's
 process is run N times, the order of the systems reversed every other round, and each figure is the median of
 the rounds' medians (peak RSS: the largest): on this shared machine one system's figures moved by up to 1.7x
-between single runs minutes apart (the onnx click 17.8 to 31.2 ms), so one round can favour either side. Mask IoU against anymask's
-exact float32 torch path is reported for every system on the same prompts.
+between single runs minutes apart (the onnx click 17.8 to 31.2 ms), so one round can favour either side. Mask
+IoU against anymask's exact float32 torch path is reported for every system on the same prompts.
 
 ``onnx-lite`` is :class:`anymask.onnx_predictor.OnnxPredictor` on a folder written by ``anymask export`` (the
 same graphs, torch never imported: its first RSS row is after importing the predictor instead).

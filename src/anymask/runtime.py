@@ -55,7 +55,8 @@ DECODER_PREPARED_INT8_FILE = "decoder_low_res_prepared_int8_upscaling.onnx"
 DECODER_PRECISIONS = ("fp32", "int8")
 #: part of the cache key: bump when the graphs change (2: decoders take any embedding grid; 3: the prepared
 #: decoder; 4: the final attention for the output tokens only; 5: TinyViT's high-resolution parts in stripes;
-#: 6: image-to-token softmax along the last axis, the prepared image side split into heads)
+#: 6: image-to-token softmax along the last axis, the prepared image side split into heads; 7: the mask upscaling in
+#: four sub-pixel-row paths)
 GRAPHS_REVISION = "7"
 RUNTIME_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE, DECODER_PREPARE_FILE, DECODER_PREPARED_FILE)
 #: the decoder graphs a runner opened from a folder needs (``anymask export`` writes them, model.json lists them)
