@@ -405,8 +405,9 @@ class AutomaticMaskGenerator:
         n_out = 0
         offset = 0
         for chunk in np.array_split(points, math.ceil(len(points) / self.decode_chunk)):
+            # image_only: the logits of the square padding's grid cells are never read (same records)
             low, scores = predictor.predict_low_res(points=chunk[:, None, :], labels=np.ones((len(chunk), 1), np.int64),
-                                                    precision=self.precision)
+                                                    precision=self.precision, image_only=True)
             t = self._tick("decoder", t)
             n_out = low.shape[1]
             low_t = torch.from_numpy(low).flatten(0, 1)  # (n * 3, 256, 256)

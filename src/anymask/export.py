@@ -186,6 +186,25 @@ class PreparedDecoderGraph(DecoderGraph):
         return self.mask_decoder.predict_masks(image_embeddings, None, sparse, None, prepared=prepared)
 
 
+class CroppedDecoderGraph(PreparedDecoderGraph):
+    """:class:`PreparedDecoderGraph` with one more input, ``upscale_grid`` ``(2,)`` int64 ``(rows, cols)``: the
+    mask logits of the first ``rows x cols`` grid cells only, ``(B, 4, 4 rows, 4 cols)`` (the same values as
+    that corner of the whole grid's; see :func:`~anymask.modeling.mask_upscaling.upscaled_mask_logits`). The
+    automatic mask generator asks for the cells that cover the image and skips the square padding's."""
+
+    def forward(self, image_embeddings, point_coords, point_labels, orig_im_size, keys, key_pe, block_keys,
+                block_values, block_queries, upscale_grid):
+        from .modeling.transformer import PreparedImage
+
+        resized = self._resized_size(orig_im_size)
+        scale = resized.to(torch.float32) / orig_im_size.to(torch.float32)  # (sy, sx)
+        coords = point_coords * torch.stack([scale[1], scale[0]])
+        sparse = self._embed_points(coords, point_labels.to(torch.int64))
+        prepared = PreparedImage(keys, key_pe, block_keys, block_values, block_queries)
+        return self.mask_decoder.predict_masks(image_embeddings, None, sparse, None, prepared=prepared,
+                                               upscale_grid=upscale_grid)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
             dynamic_axes: dict, opset: int) -> None:
     """Trace ``module`` to ``path`` (written atomically) with the TorchScript-based exporter."""
@@ -266,12 +285,14 @@ def export_decoder(model: Sam, path: str | os.PathLike, full_res: bool = True, m
 
 
 def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder_path: str | os.PathLike,
-                            opset: int = DEFAULT_OPSET) -> tuple[Path, Path]:
+                            opset: int = DEFAULT_OPSET, cropped_path: str | os.PathLike | None = None
+                            ) -> tuple[Path, Path]:
     """Write the runtime's two-part decoder for prompts without a mask input (see the module docstring).
 
     ``prepare_path``: ``image_embeddings`` -> :data:`PREPARED_NAMES`. ``decoder_path``: ``image_embeddings``,
     ``point_coords``, ``point_labels``, ``orig_im_size`` and the prepared tensors -> ``low_res_masks``
-    ``(B, 4, 4 gh, 4 gw)``, ``iou_predictions`` ``(B, 4)``.
+    ``(B, 4, 4 gh, 4 gw)``, ``iou_predictions`` ``(B, 4)``. ``cropped_path`` (optional): the same decoder with an
+    ``upscale_grid`` input as well (:class:`CroppedDecoderGraph`).
     """
     prepare_path, decoder_path = Path(prepare_path), Path(decoder_path)
     grid = model.prompt_encoder.image_embedding_size
@@ -293,6 +314,10 @@ def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder
             "low_res_masks": {0: "batch", 2: "low_res_height", 3: "low_res_width"}, "iou_predictions": {0: "batch"}}
     _export(PreparedDecoderGraph(model), (embed, coords, labels, size, *prepared), decoder_path, names,
             ["low_res_masks", "iou_predictions"], axes, opset)
+    if cropped_path is not None:
+        axes["low_res_masks"] = {0: "batch", 2: "low_res_rows", 3: "low_res_cols"}
+        _export(CroppedDecoderGraph(model), (embed, coords, labels, size, *prepared, torch.tensor([40, 50])),
+                Path(cropped_path), [*names, "upscale_grid"], ["low_res_masks", "iou_predictions"], axes, opset)
     return prepare_path, decoder_path
 
 
@@ -326,11 +351,12 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, per_chan
 
 
 def upscaling_matmuls(source: str | os.PathLike) -> list[str]:
-    """Names of the mask upscaling's four weight MatMuls in a decoder graph (a :class:`ModelError` if not found).
+    """Names of the mask upscaling's six weight MatMuls in a decoder graph (a :class:`ModelError` if not found).
 
     The upscaling (two 2x2 transposed convolutions as matrix products over every pixel, each split into its two
-    kernel rows, see :mod:`anymask.modeling.mask_upscaling`) is about 40% of a decoder call's arithmetic; its
-    weights are plain 2-D matrices at the graph's top level.
+    kernel rows, see :mod:`anymask.modeling.mask_upscaling`) is about 40% of a decoder call's arithmetic: one
+    product per kernel row of the first convolution, one per path ``(i1, i2)`` of the second. Their weights are
+    plain 2-D matrices at the graph's top level.
     """
     import onnx
 
@@ -339,8 +365,8 @@ def upscaling_matmuls(source: str | os.PathLike) -> list[str]:
     chosen = [n.name for n in graph.graph.node
               if n.op_type == "MatMul" and n.name.count("/") == 1 and len(weights.get(n.input[1], ())) == 2
               and weights[n.input[1]][0] >= 64]
-    if len(chosen) != 4:
-        raise ModelError(f"expected the mask upscaling's four weight MatMuls in {source}, found {chosen}")
+    if len(chosen) != 6:
+        raise ModelError(f"expected the mask upscaling's six weight MatMuls in {source}, found {chosen}")
     return chosen
 
 

@@ -25,6 +25,7 @@ This module is the one place that turns original-image pixels into model-input p
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -38,7 +39,7 @@ from .masks import upscale_logits
 from .models import ModelSpec
 from .modeling import Sam
 from .prompts import Prompts, check_prompts
-from .runtime import DECODE_CHUNK, OnnxRunner, onnx_prompt_arrays, resolve_backend
+from .runtime import DECODE_CHUNK, PADDING_LOGIT, OnnxRunner, onnx_prompt_arrays, resolve_backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import InteractiveSession
@@ -295,13 +296,23 @@ class Predictor:
         mask_input: Any = None,
         multimask: bool = True,
         precision: str = "fp32",
+        image_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode prompts to low-resolution logits only, without upsampling to the image size.
 
         This is the fast path for code that decides *which* masks it wants before paying for full-resolution
         masks (the automatic mask generator, interactive sessions, video propagation). Arguments are those of
-        :meth:`predict`, and ``precision``: ``"fp32"`` (exact), or ``"int8"`` for the mask upscaling in int8
-        (onnx backends, prompts without ``mask_input``; faster, masks close to but not identical to float32's).
+        :meth:`predict`, and:
+
+        - ``precision``: ``"fp32"`` (exact), or ``"int8"`` for the mask upscaling in int8 (onnx backends,
+          prompts without ``mask_input``; faster, masks close to but not identical to float32's);
+        - ``image_only``: compute the logits only where upsampling them to the image reads them (the cells over
+          the resized image, and the low-res row and column after it that bilinear interpolation reads), not
+          over the rest of the square padding, which then holds :data:`~anymask.runtime.PADDING_LOGIT`. The
+          masks from :meth:`masks_from_low_res` are the same; a non-square image decodes faster (a 4:3 photo
+          skips about a quarter of the mask upscaling, a 16:9 frame 40 %). Leave it off for logits that go back
+          into the model as ``mask_input`` (the padding's logits are part of that prompt). Prompts without
+          ``mask_input``, folded decoder (the default).
 
         Returns:
             ``(low_res_logits, scores)``, always batch-first: ``(B, C, 256, 256)`` float32 logits in the frame
@@ -314,8 +325,25 @@ class Predictor:
         if precision != "fp32" and (self._runner is None or prompts.mask_input is not None):
             raise ModelError(f"precision {precision!r} needs an onnx backend (this predictor's is {self.backend!r}) "
                              "and prompts without mask_input")
-        low_res, scores = self._decode_low_res(prompts, multimask, precision)
+        grid = self.image_cells() if image_only and prompts.mask_input is None else None
+        low_res, scores = self._decode_low_res(prompts, multimask, precision, grid)
         return low_res.float().cpu().numpy(), scores.float().cpu().numpy()
+
+    def image_cells(self) -> tuple[int, int]:
+        """``(rows, cols)``: the embedding grid cells whose low-res logits the upsampling to the current image
+        reads (:meth:`predict_low_res` with ``image_only``).
+
+        Bilinear upsampling with half-pixel centres reads, for the image's last pixel row ``h - 1`` of the model
+        input frame, low-res rows ``floor((h - 0.5) / f - 0.5)`` and the one after it (``f`` the upsampling
+        factor, 4): the rows up to that one, and the cells (4 x 4 logits each) that hold them, are needed.
+        """
+        grid = tuple(int(n) for n in self.embedding.features.shape[-2:])
+        factor = self.spec.image_size // self.model.prompt_encoder.mask_input_size[0]
+        cells = []
+        for side, low, count in zip(self.embedding.input_size, self.low_res_size, grid):
+            rows = min(low, math.floor((side - 0.5) / factor - 0.5) + 2)  # low-res rows (or columns) read
+            cells.append(min(count, -(-rows // (low // count))))
+        return cells[0], cells[1]
 
     @torch.inference_mode()
     def masks_from_low_res(self, low_res_logits: Any, return_logits: bool = False) -> np.ndarray:
@@ -343,21 +371,22 @@ class Predictor:
         return upscale_logits(logits, factor, self.embedding.input_size, self.embedding.original_size)
 
     @torch.inference_mode()
-    def _decode_low_res(self, prompts: Prompts, multimask: bool, precision: str = "fp32"
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_low_res(self, prompts: Prompts, multimask: bool, precision: str = "fp32",
+                        upscale_grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on validated prompts: low-res logits ``(B, C, 256, 256)``, scores.
 
         Large batches are decoded :data:`DECODE_CHUNK` prompts at a time: the decoder holds several
         ``(B, 4096, 256)`` float32 copies of the image side and the upscaled features per prompt, and chunks keep
         the peak memory bounded at no cost in speed (a chunk's matrix products are already large).
+        ``upscale_grid``: see :meth:`predict_low_res` (``image_only``) and :meth:`image_cells`.
         """
         batch = len(next(a for a in (prompts.points, prompts.boxes, prompts.mask_input) if a is not None))
         if batch > DECODE_CHUNK:
-            parts = [self._decode_low_res(_prompt_slice(prompts, start, start + DECODE_CHUNK), multimask, precision)
-                     for start in range(0, batch, DECODE_CHUNK)]
+            parts = [self._decode_low_res(_prompt_slice(prompts, start, start + DECODE_CHUNK), multimask, precision,
+                                          upscale_grid) for start in range(0, batch, DECODE_CHUNK)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         if self._runner is not None and (prompts.points is not None or prompts.boxes is not None):
-            return self._decode_low_res_onnx(prompts, multimask, precision)
+            return self._decode_low_res_onnx(prompts, multimask, precision, upscale_grid)
         device, dtype = self.device, self._features.dtype
         scale = self._scale()
         points_t = boxes_t = masks_t = None
@@ -374,7 +403,8 @@ class Predictor:
         grid = tuple(self._features.shape[-2:])
         sparse, dense = self.model.prompt_encoder(points=points_t, boxes=boxes_t, masks=masks_t, grid=grid)
         image_pe = self.model.prompt_encoder.get_dense_pe(grid)
-        return self.model.mask_decoder(
+        cells = upscale_grid if masks_t is None else None
+        low_res, scores = self.model.mask_decoder(
             image_embeddings=self._features,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
@@ -382,7 +412,13 @@ class Predictor:
             multimask_output=multimask,
             prepared=(self._prepared_image(lambda: self.model.mask_decoder.prepare(self._features, image_pe, dense))
                       if masks_t is None else None),
+            upscale_grid=None if cells is None else torch.tensor(cells, dtype=torch.int64),
         )
+        full = (4 * grid[0], 4 * grid[1])
+        if tuple(low_res.shape[-2:]) != full:  # only the cells of upscale_grid were computed
+            low_res = F.pad(low_res, (0, full[1] - low_res.shape[-1], 0, full[0] - low_res.shape[-2]),
+                            value=PADDING_LOGIT)
+        return low_res, scores
 
     def _prepared_image(self, make: Callable[[], Any]) -> Any:
         """The decoder's prepared image side for prompts without mask input, made by ``make()`` on the image's
@@ -400,8 +436,8 @@ class Predictor:
             self._prepared = make()
         return self._prepared
 
-    def _decode_low_res_onnx(self, prompts: Prompts, multimask: bool, precision: str = "fp32"
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_low_res_onnx(self, prompts: Prompts, multimask: bool, precision: str = "fp32",
+                             upscale_grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_decode_low_res` in onnxruntime: prompts as the decoder graph takes them (original pixels,
         box corners labelled 2 and 3, one padding point labelled -1 when there is no box)."""
         coords, labels = onnx_prompt_arrays(prompts)
@@ -411,6 +447,7 @@ class Predictor:
             prepared = self._prepared_image(lambda: self._runner.prepare(features))
         low_res, iou = self._runner.decode(
             features, coords, labels, prompts.mask_input, self.embedding.original_size, precision, prepared,
+            grid=upscale_grid,
         )
         selected = slice(1, None) if multimask else slice(0, 1)
         return torch.from_numpy(low_res[:, selected]), torch.from_numpy(iou[:, selected])

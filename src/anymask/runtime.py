@@ -48,6 +48,9 @@ DECODER_NO_MASK_FILE = "decoder_low_res_no_mask.onnx"  # image side shared by th
 #: prompts without mask input: the image side prepared once per image, then every prompt decoded with it
 DECODER_PREPARE_FILE = "decoder_prepare.onnx"
 DECODER_PREPARED_FILE = "decoder_low_res_prepared.onnx"
+#: the prepared decoder with an ``upscale_grid`` input: the mask logits of the grid cells that cover the image only
+#: (:meth:`OnnxRunner.decode` with ``grid``; the automatic mask generator on non-square images)
+DECODER_CROPPED_FILE = "decoder_low_res_prepared_cropped.onnx"
 #: the no-mask decoder with its mask upscaling in int8 (``decode(..., precision="int8")``), made on first use
 DECODER_NO_MASK_INT8_FILE = "decoder_low_res_no_mask_int8_upscaling.onnx"
 DECODER_PREPARED_INT8_FILE = "decoder_low_res_prepared_int8_upscaling.onnx"
@@ -56,9 +59,17 @@ DECODER_PRECISIONS = ("fp32", "int8")
 #: part of the cache key: bump when the graphs change (2: decoders take any embedding grid; 3: the prepared
 #: decoder; 4: the final attention for the output tokens only; 5: TinyViT's high-resolution parts in stripes;
 #: 6: image-to-token softmax along the last axis, the prepared image side split into heads; 7: the mask upscaling in
-#: four sub-pixel-row paths)
-GRAPHS_REVISION = "7"
-RUNTIME_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE, DECODER_PREPARE_FILE, DECODER_PREPARED_FILE)
+#: four sub-pixel-row paths; 8: the cropped decoder). The key also holds a digest of the modules the graphs are
+#: traced from (:data:`GRAPH_SOURCES`), so that an edit there re-exports them even without a bump.
+GRAPHS_REVISION = "8"
+#: the package's modules whose code the exported graphs are traced from
+GRAPH_SOURCES = ("modeling", "export.py")
+RUNTIME_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_NO_MASK_FILE, DECODER_PREPARE_FILE, DECODER_PREPARED_FILE,
+                 DECODER_CROPPED_FILE)
+#: the value of the mask logits that :meth:`OnnxRunner.decode` with ``grid`` (and ``Predictor.predict_low_res``
+#: with ``image_only``) does not compute: far below any threshold, finite (a bilinear resize that gives it
+#: weight 0 reads 0)
+PADDING_LOGIT = -1.0e4
 #: the decoder graphs a runner opened from a folder needs (``anymask export`` writes them, model.json lists them)
 PREDICTOR_GRAPHS = {"decoder_prepare": DECODER_PREPARE_FILE, "decoder_prepared": DECODER_PREPARED_FILE,
                     "decoder_mask_input": DECODER_FILE}
@@ -151,13 +162,26 @@ def weights_digest(model: Sam) -> str:
     return digest.hexdigest()
 
 
+def graph_sources_digest(package: Path | None = None) -> str:
+    """sha256 of the source files of :data:`GRAPH_SOURCES` (names and bytes) in ``package`` (default: anymask's
+    own folder), as hex."""
+    package = Path(package) if package is not None else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for source in GRAPH_SOURCES:
+        path = package / source
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(package).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def graphs_dir(model: Sam, quantize: str | None, opset: int) -> Path:
     """The cache folder of ``model``'s runtime graphs for these options (may not exist yet)."""
     import onnxruntime
     import torch
 
     parts = [model.spec.name, weights_digest(model), __version__, torch.__version__, onnxruntime.__version__,
-             str(quantize), str(opset), GRAPHS_REVISION]
+             str(quantize), str(opset), GRAPHS_REVISION, graph_sources_digest()]
     # the decoder's formulation (folded or plain cross-attention) changes the traced graph
     parts.append(getattr(model.mask_decoder.transformer, "formulation", "plain"))
     # so does a TinyViT encoder's striping of its high-resolution parts
@@ -183,7 +207,8 @@ def build_graphs(model: Sam, quantize: str | None = None, opset: int | None = No
             quantize_int8(tmp / ENCODER_FILE, tmp / ENCODER_FILE)
         export_decoder(model, tmp / DECODER_FILE, full_res=False, mask_input=True, opset=opset)
         export_decoder(model, tmp / DECODER_NO_MASK_FILE, full_res=False, mask_input=False, opset=opset)
-        export_prepared_decoder(model, tmp / DECODER_PREPARE_FILE, tmp / DECODER_PREPARED_FILE, opset=opset)
+        export_prepared_decoder(model, tmp / DECODER_PREPARE_FILE, tmp / DECODER_PREPARED_FILE, opset=opset,
+                                cropped_path=tmp / DECODER_CROPPED_FILE)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished first (the folder exists and is not empty)
@@ -260,12 +285,27 @@ class OnnxRunner:
         self._model, self._quantize, self._folder = model, quantize, folder
         self.encoder = session(ENCODER_FILE)
         self.decoder_prepare = session(graphs["decoder_prepare"], decoder=True)
-        self.decoder_prepared = session(graphs["decoder_prepared"], decoder=True)
-        # opened on first use (each holds a copy of the decoder's weights): prompts with a mask input, and
-        # decoding without a prepared image side
-        self._decoder = self._decoder_no_mask = None
+        # opened on first use (each holds a copy of the decoder's weights): prompts without and with a mask input,
+        # decoding without a prepared image side, and the cropped decoder (the automatic mask generator's)
+        self._decoder_prepared = self._decoder = self._decoder_no_mask = self._decoder_cropped = None
         self._shape_encoders: dict[tuple[int, int, int], object] = {}
         self._int8_decoders: dict[str, object] = {}
+
+    @property
+    def decoder_prepared(self):
+        """The session of the decoder for prompts without mask input, given the prepared image side (opened on
+        first use)."""
+        if self._decoder_prepared is None:
+            self._decoder_prepared = self._session(self._graphs["decoder_prepared"], decoder=True)
+        return self._decoder_prepared
+
+    @property
+    def decoder_cropped(self):
+        """:attr:`decoder_prepared` with an ``upscale_grid`` input (opened on first use); None when the folder
+        has no such graph (one written by ``anymask export``)."""
+        if self._decoder_cropped is None and (self._folder / DECODER_CROPPED_FILE).is_file():
+            self._decoder_cropped = self._session(DECODER_CROPPED_FILE, decoder=True)
+        return self._decoder_cropped
 
     @property
     def decoder(self):
@@ -351,7 +391,8 @@ class OnnxRunner:
 
     def decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
                original_size: tuple[int, int], precision: str = "fp32",
-               prepared: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               prepared: dict[str, np.ndarray] | None = None,
+               grid: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All mask tokens of a batch of prompts: ``(B, 4, 256, 256)`` logits and ``(B, 4)`` IoU predictions.
 
         Args:
@@ -366,6 +407,10 @@ class OnnxRunner:
                 not identical to float32's.
             prepared: :meth:`prepare` of ``features`` (used for prompts without a mask input: the same logits up
                 to float32 rounding, fewer multiply-adds).
+            grid: ``(rows, cols)``: compute the logits of the first ``rows x cols`` cells of the embedding grid
+                only (4 x 4 logits each), the same values as the whole grid's there; the others are
+                :data:`PADDING_LOGIT`. Used with ``prepared``, ``fp32`` and no mask input, when it is smaller than
+                the grid (otherwise the whole grid is computed).
         """
         if precision not in DECODER_PRECISIONS:
             raise ModelError(f"unknown decoder precision {precision!r}: choose one of {', '.join(DECODER_PRECISIONS)}")
@@ -375,7 +420,17 @@ class OnnxRunner:
             "point_labels": np.ascontiguousarray(labels, dtype=np.float32),
             "orig_im_size": np.asarray(original_size, dtype=np.int64),
         }
-        if mask_input is None and prepared is not None:
+        grid_h, grid_w = features.shape[-2:]
+        cropped = (grid is not None and mask_input is None and prepared is not None and precision == "fp32"
+                   and (grid[0] < grid_h or grid[1] < grid_w) and self.decoder_cropped is not None)
+        if cropped:
+            rows, cols = min(int(grid[0]), grid_h), min(int(grid[1]), grid_w)
+            part, iou = self.decoder_cropped.run(None, {**feed, **prepared,
+                                                        "upscale_grid": np.array([rows, cols], dtype=np.int64)})
+            cell_h, cell_w = part.shape[2] // rows, part.shape[3] // cols
+            low_res = np.full((*part.shape[:2], cell_h * grid_h, cell_w * grid_w), PADDING_LOGIT, dtype=np.float32)
+            low_res[:, :, : part.shape[2], : part.shape[3]] = part
+        elif mask_input is None and prepared is not None:
             decoder = self._int8_decoder(prepared=True) if precision == "int8" else self.decoder_prepared
             low_res, iou = decoder.run(None, {**feed, **prepared})
         elif mask_input is None:
@@ -388,5 +443,5 @@ class OnnxRunner:
         return low_res, iou
 
 
-__all__ = ["BACKENDS", "DECODER_PRECISIONS", "OnnxRunner", "build_graphs", "graphs_dir", "onnxruntime_available", "resolve_backend",
-           "weights_digest"]
+__all__ = ["BACKENDS", "DECODER_PRECISIONS", "PADDING_LOGIT", "OnnxRunner", "build_graphs", "graph_sources_digest",
+           "graphs_dir", "onnxruntime_available", "resolve_backend", "weights_digest"]

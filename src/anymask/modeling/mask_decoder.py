@@ -76,6 +76,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         prepared: PreparedImage | None = None,
+        upscale_grid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for ``B`` prompts on one image.
 
@@ -88,13 +89,14 @@ class MaskDecoder(nn.Module):
                 single mask.
             prepared: :meth:`prepare` of this image (prompts without a mask input only: the dense embedding
                 must be the one it was prepared with): the first block's image side is not recomputed.
+            upscale_grid: see :meth:`predict_masks`.
 
         Returns:
-            Mask logits ``(B, M, 4h, 4w)`` and predicted IoU ``(B, M)``, with ``M`` 1 or
-            ``num_multimask_outputs``.
+            Mask logits ``(B, M, 4h, 4w)`` (fewer rows / columns with ``upscale_grid``) and predicted IoU
+            ``(B, M)``, with ``M`` 1 or ``num_multimask_outputs``.
         """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prepared
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prepared, upscale_grid
         )
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
@@ -118,10 +120,15 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         prepared: PreparedImage | None = None,
+        upscale_grid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks ``(B, T_m, 4h, 4w)`` and IoU predictions ``(B, T_m)``.
 
         With ``prepared`` the image embedding, PE and dense embedding are only read for their shapes.
+        ``upscale_grid`` (``(2,)`` int64 ``(rows, cols)``, folded transformer only) computes the logits of the
+        first ``rows x cols`` cells of the ``h x w`` grid alone: ``(B, T_m, 4 rows, 4 cols)``, the same values as
+        that corner of the whole grid's (see :func:`~anymask.modeling.mask_upscaling.upscaled_mask_logits`). The
+        plain formulation ignores it and returns the whole grid.
         """
         num_prompts = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -150,7 +157,7 @@ class MaskDecoder(nn.Module):
             dim=1,
         )  # (B, T_m, C / 8)
         if getattr(self.transformer, "fold", False):  # same result, channels-last matrix products
-            masks = upscaled_mask_logits(self.output_upscaling, src, height, width, hyper_in)
+            masks = upscaled_mask_logits(self.output_upscaling, src, height, width, hyper_in, upscale_grid)
         else:
             src = src.expand(batch, -1, -1).transpose(1, 2).reshape(batch, channels, height, width)
             upscaled = self.output_upscaling(src)  # (B, C / 8, 4h, 4w)

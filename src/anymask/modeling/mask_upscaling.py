@@ -35,7 +35,8 @@ def _row_halves(conv: nn.ConvTranspose2d) -> tuple[tuple[torch.Tensor, torch.Ten
 
 
 def upscaled_mask_logits(
-    upscaling: nn.Sequential, tokens: torch.Tensor, height: int, width: int, hyper_in: torch.Tensor
+    upscaling: nn.Sequential, tokens: torch.Tensor, height: int, width: int, hyper_in: torch.Tensor,
+    grid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mask logits from the transformer's image tokens, channels-last.
 
@@ -46,13 +47,23 @@ def upscaled_mask_logits(
         height: ``h``.
         width: ``w``.
         hyper_in: ``(B, M, C_2)`` per-mask weights (``C_2`` the second convolution's output channels).
+        grid: ``(2,)`` int64 ``(rows, cols)``: upscale only the cells of the first ``rows`` rows and ``cols``
+            columns of the grid (clamped to ``h`` and ``w``). Every cell is upscaled on its own (a 2x2 stride-2
+            transposed convolution maps one cell to its own 2x2 block), so their logits are those of the whole
+            grid; the other cells' are not computed. None: the whole grid.
 
     Returns:
-        ``(B, M, 4h, 4w)`` logits, equal to ``hyper_in @ upscaling(tokens as (B, C, h, w))`` up to float32
-        rounding.
+        ``(B, M, 4h, 4w)`` logits (``(B, M, 4 rows, 4 cols)`` with ``grid``), equal to
+        ``hyper_in @ upscaling(tokens as (B, C, h, w))`` up to float32 rounding.
     """
     conv1, norm, act1, conv2, act2 = upscaling
     batch, masks_per_prompt = hyper_in.shape[:2]
+    if grid is not None:
+        # the kept rows and columns as index lists (their lengths follow the input when traced for ONNX)
+        rows, cols = torch.arange(height, device=tokens.device), torch.arange(width, device=tokens.device)
+        rows, cols = rows[rows < grid[0]], cols[cols < grid[1]]
+        tokens = tokens.index_select(1, (rows[:, None] * width + cols).flatten())  # one copy of the kept cells
+        height, width = rows.shape[0], cols.shape[0]
     weights1, bias1 = _row_halves(conv1)
     weights2, bias2 = _row_halves(conv2)
     rows = []  # the logits of image rows 4y + 2 i1 + i2, one (i1, i2) at a time: (B, M, h, 4w)
