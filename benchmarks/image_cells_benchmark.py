@@ -91,8 +91,10 @@ def main() -> None:
                     raise RuntimeError(f"{name}: the {mode} run is not deterministic")
         Predictor.predict_low_res = original
         predictor = generator.predictor
+        predictor.set_image(image)  # the generator lets go of its image when done
         cells = predictor.image_cells()
         grid = tuple(int(n) for n in predictor.embedding.features.shape[-2:])
+        predictor.reset_image()
         row = {
             "photo": name, "size": list(image.shape[:2]), "cells": list(cells), "grid": list(grid),
             "masks": len(records["image_only"]), "same_records": records["image_only"] == records["whole"],
