@@ -85,9 +85,11 @@ def test_a_square_image_and_mask_prompts_decode_the_whole_grid(mobile_sam, predi
     assert (again > PADDING_LOGIT).all()
 
 
-def test_the_generator_finds_the_same_masks_on_a_non_square_photo(mobile_sam, monkeypatch):
-    """The generator decodes with ``image_only``; turning it off gives the very same records."""
-    generator = AutomaticMaskGenerator(mobile_sam, points_per_side=5, output_mode="coco_rle")
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_the_generator_finds_the_same_masks_on_a_non_square_photo(mobile_sam, monkeypatch, crop_n_layers):
+    """The generator decodes with ``image_only`` (every crop too); turning it off gives the very same records."""
+    generator = AutomaticMaskGenerator(mobile_sam, points_per_side=5 - 2 * crop_n_layers, output_mode="coco_rle",
+                                       crop_n_layers=crop_n_layers)
     fast = generator.generate(LANDSCAPE)
     assert fast
     real = Predictor.predict_low_res
