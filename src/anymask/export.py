@@ -169,31 +169,18 @@ class DecoderPrepareGraph(nn.Module):
 class PreparedDecoderGraph(DecoderGraph):
     """The runtime's decoder without mask input, given :class:`DecoderPrepareGraph`'s outputs (low-res logits of
     all mask tokens, as ``DecoderGraph(full_res=False, mask_input=False)``). ``image_embeddings`` is read only
-    for its grid size."""
+    for its grid size.
+
+    Exported with an ``upscale_grid`` ``(2,)`` int64 ``(rows, cols)`` input as well (the cropped decoder), it
+    returns the mask logits of the first ``rows x cols`` grid cells only, ``(B, 4, 4 rows, 4 cols)``: the same
+    values as that corner of the whole grid's (see :func:`~anymask.modeling.mask_upscaling.upscaled_mask_logits`).
+    The automatic mask generator asks for the cells that cover the image and skips the square padding's."""
 
     def __init__(self, model: Sam) -> None:
         super().__init__(model, full_res=False, mask_input=False)
 
     def forward(self, image_embeddings, point_coords, point_labels, orig_im_size, keys, key_pe, block_keys,
-                block_values, block_queries):
-        from .modeling.transformer import PreparedImage
-
-        resized = self._resized_size(orig_im_size)
-        scale = resized.to(torch.float32) / orig_im_size.to(torch.float32)  # (sy, sx)
-        coords = point_coords * torch.stack([scale[1], scale[0]])
-        sparse = self._embed_points(coords, point_labels.to(torch.int64))
-        prepared = PreparedImage(keys, key_pe, block_keys, block_values, block_queries)
-        return self.mask_decoder.predict_masks(image_embeddings, None, sparse, None, prepared=prepared)
-
-
-class CroppedDecoderGraph(PreparedDecoderGraph):
-    """:class:`PreparedDecoderGraph` with one more input, ``upscale_grid`` ``(2,)`` int64 ``(rows, cols)``: the
-    mask logits of the first ``rows x cols`` grid cells only, ``(B, 4, 4 rows, 4 cols)`` (the same values as
-    that corner of the whole grid's; see :func:`~anymask.modeling.mask_upscaling.upscaled_mask_logits`). The
-    automatic mask generator asks for the cells that cover the image and skips the square padding's."""
-
-    def forward(self, image_embeddings, point_coords, point_labels, orig_im_size, keys, key_pe, block_keys,
-                block_values, block_queries, upscale_grid):
+                block_values, block_queries, upscale_grid=None):
         from .modeling.transformer import PreparedImage
 
         resized = self._resized_size(orig_im_size)
@@ -292,7 +279,7 @@ def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder
     ``prepare_path``: ``image_embeddings`` -> :data:`PREPARED_NAMES`. ``decoder_path``: ``image_embeddings``,
     ``point_coords``, ``point_labels``, ``orig_im_size`` and the prepared tensors -> ``low_res_masks``
     ``(B, 4, 4 gh, 4 gw)``, ``iou_predictions`` ``(B, 4)``. ``cropped_path`` (optional): the same decoder with an
-    ``upscale_grid`` input as well (:class:`CroppedDecoderGraph`).
+    ``upscale_grid`` input as well (see :class:`PreparedDecoderGraph`).
     """
     prepare_path, decoder_path = Path(prepare_path), Path(decoder_path)
     grid = model.prompt_encoder.image_embedding_size
@@ -316,7 +303,7 @@ def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder
             ["low_res_masks", "iou_predictions"], axes, opset)
     if cropped_path is not None:
         axes["low_res_masks"] = {0: "batch", 2: "low_res_rows", 3: "low_res_cols"}
-        _export(CroppedDecoderGraph(model), (embed, coords, labels, size, *prepared, torch.tensor([40, 50])),
+        _export(PreparedDecoderGraph(model), (embed, coords, labels, size, *prepared, torch.tensor([40, 50])),
                 Path(cropped_path), [*names, "upscale_grid"], ["low_res_masks", "iou_predictions"], axes, opset)
     return prepare_path, decoder_path
 
