@@ -4,6 +4,8 @@ Each system runs in its own fresh process (so that peak RSS is its own) and is t
 
 * encoder (``set_image``) on a 1024x1024 photo and on a non-square photo (854x480);
 * one click: 1 point, multimask, 3 masks upsampled to full resolution;
+* the same click 0.3 s after the last one, as a person clicks in an interactive tool (``click_after_pause``: the
+  threads have gone to sleep and the caches have cooled; back-to-back clicks do not show that cost);
 * one box (1 mask at full resolution);
 * 16 boxes in one call (16 masks at full resolution);
 * 64 single-point prompts in one call at low resolution (one batch of the automatic mask generator);
@@ -56,7 +58,10 @@ SYSTEMS = ("reference", "torch-plain", "torch", "onnx-plain", "onnx", "onnx-int8
 LITE_DIR_ENV = "ANYMASK_BENCH_LITE_DIR"
 #: the pairs (folded, plain) whose ratio the table shows
 FOLD_PAIRS = (("torch", "torch-plain"), ("onnx", "onnx-plain"))
-OPS = ("encoder_1024x1024", "encoder_854x480", "click", "box", "boxes_16", "points_64_low_res")
+OPS = ("encoder_1024x1024", "encoder_854x480", "click", "click_after_pause", "box", "boxes_16",
+       "points_64_low_res")
+#: the pause before each timed call of ``click_after_pause`` (seconds)
+CLICK_PAUSE_S = 0.3
 
 
 def scenes() -> list[dict]:
@@ -193,6 +198,7 @@ def child(system: str, repeats: int, masks_path: str) -> dict:
     timings["encoder_854x480"] = median_ms(lambda: runner.set_image(wide["image"]), repeats, warmup=1)
     runner.set_image(wide["image"])
     timings["click"] = median_ms(lambda: runner.click(wide["point"]), repeats, warmup=1)
+    timings["click_after_pause"] = median_ms(lambda: runner.click(wide["point"]), repeats, pause_s=CLICK_PAUSE_S)
     timings["box"] = median_ms(lambda: runner.box(wide["box"]), repeats, warmup=1)
     timings["boxes_16"] = median_ms(lambda: runner.boxes(wide["boxes"]), repeats, warmup=1)
     masks["wide_click"], masks["wide_box"] = runner.click(wide["point"]), runner.box(wide["box"])
@@ -329,7 +335,7 @@ def markdown(result: dict) -> str:
                  " |" * (len(systems) - 1 + len(pairs)))
     if result.get("rounds", 1) > 1:
         lines += ["", "Each round's medians (ms), in the order the rounds ran:", ""]
-        for op in ("encoder_1024x1024", "click", "box"):
+        for op in ("encoder_1024x1024", "click", "click_after_pause", "box"):
             lines.append(f"- {op}: " + "; ".join(
                 f"{r['system']} " + " / ".join(f"{ms[op]:.1f}" for ms in r["round_ms"]) for r in result["runs"]))
     lines += ["", f"Compute bound: encoder {bound['encoder_gflop']:.1f} GFLOP, one click's decoder "

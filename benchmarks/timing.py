@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Callable
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, in milliseconds, after ``warmup`` untimed calls."""
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 0, pause_s: float = 0.0) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, in milliseconds, after ``warmup`` untimed calls.
+
+    ``pause_s``: sleep this long before each timed call (untimed), as between the clicks of a person.
+    """
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        if pause_s:
+            time.sleep(pause_s)
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)

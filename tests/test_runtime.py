@@ -134,6 +134,16 @@ def test_default_backend_is_onnx_on_the_cpu(mobile_sam, monkeypatch):
         Predictor(mobile_sam)
 
 
+def test_sessions_spin_only_while_a_run_lasts(onnx_predictor):
+    """Threads spin-wait between a run's parallel sections and stop when it returns (see runtime.OnnxRunner;
+    the speed benchmark's ``click_after_pause`` measures what it is for)."""
+    runner = onnx_predictor._runner
+    for session in (runner.encoder, runner.decoder_prepare, runner.decoder_prepared, runner.decoder):
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_export_rejects_an_old_opset(tmp_path, capsys):
     assert main(["export", "mobile_sam", "-o", str(tmp_path), "--opset", "11"]) != 0
     assert "opset" in capsys.readouterr().err

@@ -252,7 +252,7 @@ class OnnxRunner:
 
         graphs = {**PREDICTOR_GRAPHS, **(graphs or {})}
         shared_arena = _register_shared_arena()
-        def options(decoder: bool):
+        def options():
             settings = ort.SessionOptions()
             settings.intra_op_num_threads = threads
             settings.inter_op_num_threads = 1
@@ -270,21 +270,24 @@ class OnnxRunner:
             settings.enable_cpu_mem_arena = True
             if shared_arena:
                 settings.add_session_config_entry("session.use_env_allocators", "1")
-            if decoder:
-                # a decode is followed at once by the upsampling in torch/OpenCV: onnxruntime's threads must not
-                # spin-wait on the cores it needs (one click 37.9 -> 29.3 ms, 16 boxes 440 -> 410 ms, when torch
-                # upsampled). Rechecked with OpenCV upsampling, one process per setting: a click the same either
-                # way (18.2-22.4 ms), the automatic generator at 2 threads slower with spinning (28.9 vs 25.1 s)
-                settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # The threads spin-wait for work while a run lasts (a decode hands them a few hundred small parallel
+            # sections: waking a sleeping thread for each cost more than the work) and stop spinning when it
+            # returns, leaving the cores to the upsampling and the caller's code. Measured on the decoders, one
+            # process per setting, 2 threads, the 854 x 480 photo (ms): a click 16.2-17.1 (no spinning at all:
+            # 17.1-17.5), a click 0.3 s after the last one, as in an interactive tool, 19.8-22.2 (no spinning:
+            # 27.9-30.0), 16 boxes 249-262 (256-259); spinning that outlasts the run took the cores from the
+            # upsampling that follows it (16 boxes 282-359 ms). The automatic generator at 2 threads is as fast.
+            settings.add_session_config_entry("session.intra_op.allow_spinning", "1")
+            settings.add_session_config_entry("session.force_spinning_stop", "1")
             return settings
 
-        def session(name: str, decoder: bool = False):
-            return ort.InferenceSession(str(folder / name), options(decoder), providers=["CPUExecutionProvider"])
+        def session(name: str):
+            return ort.InferenceSession(str(folder / name), options(), providers=["CPUExecutionProvider"])
 
         self._session, self._graphs = session, graphs
         self._model, self._quantize, self._folder = model, quantize, folder
         self.encoder = session(ENCODER_FILE)
-        self.decoder_prepare = session(graphs["decoder_prepare"], decoder=True)
+        self.decoder_prepare = session(graphs["decoder_prepare"])
         # opened on first use (each holds a copy of the decoder's weights): prompts without and with a mask input,
         # decoding without a prepared image side, and the cropped decoder (the automatic mask generator's)
         self._decoder_prepared = self._decoder = self._decoder_no_mask = self._decoder_cropped = None
@@ -296,7 +299,7 @@ class OnnxRunner:
         """The session of the decoder for prompts without mask input, given the prepared image side (opened on
         first use)."""
         if self._decoder_prepared is None:
-            self._decoder_prepared = self._session(self._graphs["decoder_prepared"], decoder=True)
+            self._decoder_prepared = self._session(self._graphs["decoder_prepared"])
         return self._decoder_prepared
 
     @property
@@ -304,21 +307,21 @@ class OnnxRunner:
         """:attr:`decoder_prepared` with an ``upscale_grid`` input (opened on first use); None when the folder
         has no such graph (one written by ``anymask export``)."""
         if self._decoder_cropped is None and (self._folder / DECODER_CROPPED_FILE).is_file():
-            self._decoder_cropped = self._session(DECODER_CROPPED_FILE, decoder=True)
+            self._decoder_cropped = self._session(DECODER_CROPPED_FILE)
         return self._decoder_cropped
 
     @property
     def decoder(self):
         """The session of the decoder with mask input (opened on first use)."""
         if self._decoder is None:
-            self._decoder = self._session(self._graphs["decoder_mask_input"], decoder=True)
+            self._decoder = self._session(self._graphs["decoder_mask_input"])
         return self._decoder
 
     @property
     def decoder_no_mask(self):
         """The session of the decoder without mask input, image side shared by the batch (opened on first use)."""
         if self._decoder_no_mask is None:
-            self._decoder_no_mask = self._session(DECODER_NO_MASK_FILE, decoder=True)
+            self._decoder_no_mask = self._session(DECODER_NO_MASK_FILE)
         return self._decoder_no_mask
 
     def prepare(self, features: np.ndarray) -> dict[str, np.ndarray]:
@@ -386,7 +389,7 @@ class OnnxRunner:
                 from .export import quantize_upscaling_int8
 
                 quantize_upscaling_int8(self._folder / source, path)
-            self._int8_decoders[name] = self._session(name, decoder=True)
+            self._int8_decoders[name] = self._session(name)
         return self._int8_decoders[name]
 
     def decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
