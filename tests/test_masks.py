@@ -17,12 +17,14 @@ from anymask.masks import (
     decode_rle,
     encode_rle,
     iou,
+    low_res_extent,
     mask_area,
     mask_to_box,
     mask_to_polygons,
     masks_to_boxes,
     remove_small_regions,
     stability_score,
+    upscale_logits,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,3 +330,24 @@ def test_remove_small_regions_matches_segment_anything(mode):
             out, changed = remove_small_regions(mask, thresh, mode)
             assert changed == expected_changed
             np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("input_size, low_res_shape", [((576, 1024), (256, 256)), ((1024, 600), (256, 256)),
+                                                       ((768, 1024), (256, 256)), ((1024, 1024), (256, 256)),
+                                                       ((576, 1024), (144, 256)), ((3, 1024), (256, 256))])
+def test_upscaling_resizes_only_the_low_res_rows_the_image_reads(input_size, low_res_shape):
+    """Resizing the rows and columns of :func:`low_res_extent` gives the whole map's resize, cropped, bit for bit;
+    one row (or column) fewer changes the image's last pixels (geometry, random logits)."""
+    import cv2
+
+    logits = np.random.default_rng(0).normal(scale=8, size=low_res_shape).astype(np.float32)
+    h, w = input_size
+    whole = cv2.resize(logits, (4 * low_res_shape[1], 4 * low_res_shape[0]), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    original = (round(h * 0.75), round(w * 0.75))
+    expected = cv2.resize(np.ascontiguousarray(whole), original[::-1], interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(upscale_logits(logits, 4, input_size, original), expected)
+    np.testing.assert_array_equal(upscale_logits(logits, 4, input_size, input_size), whole)
+    rows, cols = low_res_extent(low_res_shape, 4, input_size)
+    for r, c in ((rows - 1, cols), (rows, cols - 1)):  # one row or column fewer: the image's edge changes
+        cut = cv2.resize(logits[:r, :c], (4 * c, 4 * r), interpolation=cv2.INTER_LINEAR)
+        assert cut.shape[0] < h or cut.shape[1] < w or not np.array_equal(cut[:h, :w], whole)

@@ -216,6 +216,17 @@ def mask_to_polygons(mask: np.ndarray, min_area: float = 0) -> list[list[float]]
 # -------------------------------------------------------------------------------------- IoU, stability
 
 
+def low_res_extent(shape: tuple[int, int], factor: int, input_size: tuple[int, int]) -> tuple[int, int]:
+    """``(rows, cols)``: the leading low-res rows and columns of a ``shape = (lh, lw)`` map that a bilinear resize
+    by ``factor`` (half-pixel centres) reads for its first ``input_size = (h, w)`` output pixels.
+
+    Output row ``y`` samples the map at ``(y + 0.5) / factor - 0.5``, between rows ``floor`` of that and the one
+    after, so the last output row ``h - 1`` reads up to row ``floor((h - 0.5) / factor - 0.5) + 1``.
+    """
+    return tuple(min(length, int(np.floor((size - 0.5) / factor - 0.5)) + 2)
+                 for length, size in zip(shape, input_size))
+
+
 def upscale_logits(logits: np.ndarray, factor: int, input_size: tuple[int, int],
                    original_size: tuple[int, int]) -> np.ndarray:
     """One low-resolution logit map ``(lh, lw)`` float32 -> ``(H, W)`` logits of the original image.
@@ -224,11 +235,14 @@ def upscale_logits(logits: np.ndarray, factor: int, input_size: tuple[int, int],
     to the resized image ``input_size = (h, w)`` and resized to ``original_size = (H, W)``; bilinear with
     half-pixel centres and no antialiasing (OpenCV), as SAM's ``postprocess_masks`` does in torch (the logits
     agree to float rounding, ~1e-6).
+
+    Only the low-res rows and columns that the crop reads are resized (:func:`low_res_extent`): the same values
+    as resizing the whole map and cropping, bit for bit, without the padding's share of the work.
     """
     h, w = input_size
     height, width = original_size
-    lh, lw = logits.shape
-    full = cv2.resize(np.ascontiguousarray(logits, dtype=np.float32), (factor * lw, factor * lh),
+    rows, cols = low_res_extent(logits.shape, factor, input_size)
+    full = cv2.resize(np.ascontiguousarray(logits[:rows, :cols], dtype=np.float32), (factor * cols, factor * rows),
                       interpolation=cv2.INTER_LINEAR)
     full = np.ascontiguousarray(full[:h, :w])
     if (h, w) == (height, width):

@@ -25,7 +25,6 @@ This module is the one place that turns original-image pixels into model-input p
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from .embedding import ImageEmbedding
 from .errors import ModelError, PromptError
 from .images import load_image, resize_to_input, resized_shape
-from .masks import upscale_logits
+from .masks import low_res_extent, upscale_logits
 from .models import ModelSpec
 from .modeling import Sam
 from .prompts import Prompts, check_prompts
@@ -339,11 +338,9 @@ class Predictor:
         """
         grid = tuple(int(n) for n in self.embedding.features.shape[-2:])
         factor = self.spec.image_size // self.model.prompt_encoder.mask_input_size[0]
-        cells = []
-        for side, low, count in zip(self.embedding.input_size, self.low_res_size, grid):
-            rows = min(low, math.floor((side - 0.5) / factor - 0.5) + 2)  # low-res rows (or columns) read
-            cells.append(min(count, -(-rows // (low // count))))
-        return cells[0], cells[1]
+        read = low_res_extent(self.low_res_size, factor, self.embedding.input_size)  # low-res rows, columns
+        rows, cols = (min(count, -(-n // (low // count))) for n, low, count in zip(read, self.low_res_size, grid))
+        return rows, cols
 
     @torch.inference_mode()
     def masks_from_low_res(self, low_res_logits: Any, return_logits: bool = False) -> np.ndarray:
