@@ -284,8 +284,9 @@ def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder
     prepare_path, decoder_path = Path(prepare_path), Path(decoder_path)
     grid = model.prompt_encoder.image_embedding_size
     embed = torch.randn(1, model.prompt_encoder.embed_dim, *grid)
-    # keys, key_pe (1, N, C); block_keys, block_values, block_queries split into heads (1, H, N, d)
-    token_axes = {name: {1 if name in ("keys", "key_pe") else 2: "num_tokens"} for name in PREPARED_NAMES}
+    # keys, key_pe (1, N, C); block_keys, block_values split into heads (1, H, N, d); block_queries (1, H, d, N)
+    axis = {"keys": 1, "key_pe": 1, "block_keys": 2, "block_values": 2, "block_queries": 3}
+    token_axes = {name: {axis[name]: "num_tokens"} for name in PREPARED_NAMES}
     prepare = DecoderPrepareGraph(model)
     _export(prepare, (embed,), prepare_path, ["image_embeddings"], PREPARED_NAMES,
             {"image_embeddings": {2: "grid_height", 3: "grid_width"}, **token_axes}, opset)

@@ -44,7 +44,21 @@ from torch import nn
 
 from .common import MLPBlock
 
-__all__ = ["Attention", "PreparedImage", "TwoWayAttentionBlock", "TwoWayTransformer"]
+__all__ = ["Attention", "PreparedImage", "TwoWayAttentionBlock", "TwoWayTransformer", "softmax_planes"]
+
+
+def softmax_planes(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.softmax(dim)`` for a short axis ``dim`` before long ones, as passes over whole planes.
+
+    The image-to-token attentions normalise each image token's logits over the T ~ 7 prompt tokens. Laid out
+    with the image tokens last, that is a maximum, an exponential, a sum and a division across T planes of N
+    values each, every pass a vectorised loop over N; onnxruntime's ``Softmax`` runs row by row along the last
+    axis instead, N short rows of T values, several times slower. Same values up to float32 rounding (the
+    maximum is subtracted first, as softmax does).
+    """
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    exp = shifted.exp()
+    return exp / exp.sum(dim=dim, keepdim=True)
 
 
 class PreparedImage(NamedTuple):
@@ -60,8 +74,9 @@ class PreparedImage(NamedTuple):
             split into the ``H`` heads of ``d = D / H`` channels (the layout the attention reads: splitting them
             on every call cost a transpose of ``N x D`` floats per call).
         block_values: ``(1, H, N, d)`` its values (projected ``keys``).
-        block_queries: ``(1, H, N, d)`` queries of the first image-to-token attention (projected
-            ``keys + key_pe``).
+        block_queries: ``(1, H, d, N)`` queries of the first image-to-token attention (projected
+            ``keys + key_pe``), split into heads and stored transposed: the right operand of that attention's
+            logits, laid out prompt tokens first (see :meth:`Attention.image_to_token_projected`).
     """
 
     keys: torch.Tensor
@@ -138,7 +153,7 @@ class TwoWayTransformer(nn.Module):
             key_pe=key_pe,
             block_keys=token_to_image._split_heads(token_to_image.k_proj(k)).contiguous(),
             block_values=token_to_image._split_heads(token_to_image.v_proj(keys)).contiguous(),
-            block_queries=image_to_token._split_heads(image_to_token.q_proj(k)).contiguous(),
+            block_queries=image_to_token._split_heads(image_to_token.q_proj(k)).transpose(2, 3).contiguous(),
         )
 
     def forward(
@@ -355,7 +370,7 @@ class Attention(nn.Module):
         """``residual + forward(q, k, v)`` with the (many) queries already projected and shared by the batch.
 
         Args:
-            q: ``(1, H, N, d)`` projected queries (``q_proj`` of the image tokens), split into heads.
+            q: ``(1, H, d, N)`` projected queries (``q_proj`` of the image tokens), split into heads, transposed.
             k: ``(B, T, C)`` key tokens.
             v: ``(B, T, C)`` value tokens.
             residual: ``(B, N, C)`` or ``(1, N, C)``, added to the result.
@@ -367,20 +382,21 @@ class Attention(nn.Module):
         batch, tokens, _ = k.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
-        # per head, the N shared queries against the batch's B T keys in one product, laid out (H, N, B, T): the
-        # softmax over each prompt's T keys runs along the last axis
-        logits = q[0] @ keys.permute(1, 3, 0, 2).reshape(heads, head_dim, batch * tokens)  # (H, N, B T)
-        weights = logits.reshape(heads, -1, batch, tokens).softmax(dim=-1)
+        # per head, the batch's B T keys against the N shared queries in one product, laid out (H, B, T, N):
+        # the softmax over each prompt's T keys is a reduction across T planes of N values (see softmax_planes)
+        logits = keys.transpose(0, 1).reshape(heads, batch * tokens, head_dim) @ q.flatten(0, 1)  # (H, BT, N)
+        weights = softmax_planes(logits.reshape(heads, batch, tokens, -1), dim=2)
         if fold:
             values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
             out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)
             folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
-            weights = weights.permute(2, 1, 0, 3).reshape(batch, -1, heads * tokens)  # (B, N, HT)
+            # (B, N, HT), transposed inside the product
+            attention = weights.transpose(0, 1).reshape(batch, heads * tokens, -1).transpose(1, 2)
             if residual.shape[0] == batch:
-                return torch.baddbmm(residual, weights, folded_values)
-            return residual + weights @ folded_values
+                return torch.baddbmm(residual, attention, folded_values)
+            return residual + attention @ folded_values
         values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
-        out = (weights.permute(2, 0, 1, 3) @ values).transpose(1, 2).reshape(batch, -1, self.internal_dim)
+        out = (weights.permute(1, 0, 3, 2) @ values).transpose(1, 2).reshape(batch, -1, self.internal_dim)
         return residual + self.out_proj(out)
 
     def token_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -432,15 +448,16 @@ class Attention(nn.Module):
         keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
         # logits_h = (q Wq_h^T + bq_h) k_h^T = q M_h + c_h
         folded_keys = (keys @ self._head_weights(self.q_proj)).reshape(batch, heads * tokens, -1)  # (B, HT, C)
-        offsets = (keys @ self.q_proj.bias.reshape(heads, head_dim, 1)).reshape(batch, 1, heads * tokens)
-        # laid out (B, N, H * T), image tokens first: the softmax over each head's T tokens is along the last
-        # axis and the attention is already the left operand of the output product (no transposes)
-        logits = torch.matmul(q, folded_keys.transpose(1, 2)) + offsets  # (B, N, HT); q of batch 1 broadcasts
-        weights = logits.reshape(batch, -1, heads, tokens).softmax(dim=-1).reshape(batch, -1, heads * tokens)
+        offsets = (keys @ self.q_proj.bias.reshape(heads, head_dim, 1)).reshape(batch, heads * tokens, 1)
+        # laid out (B, H T, N), tokens first: the softmax over each head's T tokens is a reduction across T planes
+        # of N values (see softmax_planes); the attention enters the output product transposed
+        logits = torch.matmul(folded_keys, q.transpose(1, 2)) + offsets  # (B, HT, N); q may have batch 1
+        weights = softmax_planes(logits.reshape(batch, heads, tokens, -1), dim=2)
+        attention = weights.reshape(batch, heads * tokens, -1).transpose(1, 2)  # (B, N, HT)
         # sum_h A_h (v_h Wo_h^T) + bo, with bo / H on every row of U (each A_h's rows sum to one)
         values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
         out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)  # (H, d, C)
         folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
         if residual.shape[0] == batch:
-            return torch.baddbmm(residual, weights, folded_values)
-        return residual + weights @ folded_values
+            return torch.baddbmm(residual, attention, folded_values)
+        return residual + attention @ folded_values

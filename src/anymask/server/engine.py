@@ -247,7 +247,8 @@ class SegmentEngine:
         """The two-part decoder the page runs (float32, the runtime's cached graphs; no mask input).
 
         ``part="prepare"``: ``image_embeddings`` -> ``keys``, ``key_pe`` ``(1, N, 256)``, ``block_keys``,
-        ``block_values``, ``block_queries`` ``(1, 8, N, 16)`` (N = grid cells; 8 heads of 16 channels), run once per image;
+        ``block_values`` ``(1, 8, N, 16)`` (N = grid cells; 8 heads of 16 channels), ``block_queries`` ``(1, 8, 16, N)``,
+        run once per image;
         ``part="decode"``: ``image_embeddings``, ``point_coords``, ``point_labels``, ``orig_im_size`` and those
         five -> ``low_res_masks`` ``(B, 4, 256, 256)``, ``iou_predictions`` ``(B, 4)``, the same as
         :meth:`decoder_graph` without mask input with fewer multiply-adds per prompt.
