@@ -151,8 +151,35 @@ def test_prepared_onnx_decoder_equals_the_unprepared_graph(mobile_sam, predictor
     ]
     for features in (full, np.ascontiguousarray(full[..., :40, :])):
         prepared = runner.prepare(features)
-        assert prepared["block_keys"].shape == (1, 8, features.shape[2] * features.shape[3], 16)
+        assert prepared["block_keys"].shape == (1, 8, 16, features.shape[2] * features.shape[3])
         for coords, labels in prompts:
             plain = runner.decode(features, coords, labels, None, size)
             fast = runner.decode(features, coords, labels, None, size, prepared=prepared)
             _assert_same(plain, fast)
+
+
+def test_factored_upscaling_product_equals_the_image_tokens_product(predictor, monkeypatch):
+    """With the image side prepared, the mask upscaling's first product is computed from the prepared image and
+    the blocks' low-rank updates (``FactoredTokens``): the same logits as multiplying the image tokens, for a
+    click, a batch of boxes and a grid of points."""
+    from anymask.modeling import mask_upscaling
+
+    calls = []
+    factored = mask_upscaling._factored_first_products
+    monkeypatch.setattr(mask_upscaling, "_factored_first_products", lambda *a: calls.append(1) or factored(*a))
+    h, w = predictor.embedding.original_size
+    prompts = [dict(points=[[250, 180]], labels=[1]),
+               dict(box=np.array([[40.0, 30.0, 300.0, 400.0], [100.0, 90.0, 480.0, 500.0]])),
+               dict(points=_grid_points(3, min(h, w)), labels=np.ones((9, 1)))]
+    results = [predictor.predict_low_res(**prompt) for prompt in prompts]
+    assert len(calls) >= len(prompts)
+    prepared = predictor._prepared
+    assert prepared.upscale_base_0.shape == (1, 64 * 64, 128)
+    predictor._prepared = prepared._replace(upscale_base_0=None, upscale_base_1=None)  # multiply the tokens
+    try:
+        for prompt, result in zip(prompts, results):
+            calls.clear()
+            _assert_same(predictor.predict_low_res(**prompt), result)
+            assert not calls
+    finally:
+        predictor._prepared = prepared

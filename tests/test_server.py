@@ -182,7 +182,8 @@ def test_the_pages_two_part_decoder_gives_the_servers_masks(client, image_id):
                        for p in ("prepare", "prepared"))
     features = np.frombuffer(client.get(f"/v1/images/{image_id}/embedding").content, "<f4").reshape(1, 256, 64, 64)
     prepared = dict(zip([o.name for o in prepare.get_outputs()], prepare.run(None, {"image_embeddings": features})))
-    assert set(prepared) == {"keys", "key_pe", "block_keys", "block_values", "block_queries"}
+    assert set(prepared) == {"keys", "key_pe", "block_keys", "block_values", "block_queries", "upscale_base_0",
+                             "upscale_base_1"}
     low, scores = decode.run(None, {
         "image_embeddings": features, "point_coords": np.array([[POINT, [0, 0]]], np.float32),
         "point_labels": np.array([[1, -1]], np.float32), "orig_im_size": np.array([512, 512], np.int64), **prepared})

@@ -66,7 +66,7 @@ export class BrowserDecoder {
     this.image = {
       info,
       embedding,
-      prepared,  // keys, key_pe, block_keys, block_values, block_queries
+      prepared,  // keys, key_pe, block_keys, block_values, block_queries, upscale_base_0, upscale_base_1
       prepare_ms: performance.now() - started,
       size: new this.ort.Tensor('int64', BigInt64Array.from([BigInt(info.height), BigInt(info.width)]), [2]),
     };

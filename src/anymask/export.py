@@ -147,7 +147,7 @@ class DecoderGraph(nn.Module):
         return masks, iou, low_res
 
 
-PREPARED_NAMES = ["keys", "key_pe", "block_keys", "block_values", "block_queries"]
+PREPARED_NAMES = ["keys", "key_pe", "block_keys", "block_values", "block_queries", "upscale_base_0", "upscale_base_1"]
 
 
 class DecoderPrepareGraph(nn.Module):
@@ -180,14 +180,14 @@ class PreparedDecoderGraph(DecoderGraph):
         super().__init__(model, full_res=False, mask_input=False)
 
     def forward(self, image_embeddings, point_coords, point_labels, orig_im_size, keys, key_pe, block_keys,
-                block_values, block_queries, upscale_grid=None):
+                block_values, block_queries, upscale_base_0, upscale_base_1, upscale_grid=None):
         from .modeling.transformer import PreparedImage
 
         resized = self._resized_size(orig_im_size)
         scale = resized.to(torch.float32) / orig_im_size.to(torch.float32)  # (sy, sx)
         coords = point_coords * torch.stack([scale[1], scale[0]])
         sparse = self._embed_points(coords, point_labels.to(torch.int64))
-        prepared = PreparedImage(keys, key_pe, block_keys, block_values, block_queries)
+        prepared = PreparedImage(keys, key_pe, block_keys, block_values, block_queries, upscale_base_0, upscale_base_1)
         return self.mask_decoder.predict_masks(image_embeddings, None, sparse, None, prepared=prepared,
                                                upscale_grid=upscale_grid)
 
@@ -284,8 +284,10 @@ def export_prepared_decoder(model: Sam, prepare_path: str | os.PathLike, decoder
     prepare_path, decoder_path = Path(prepare_path), Path(decoder_path)
     grid = model.prompt_encoder.image_embedding_size
     embed = torch.randn(1, model.prompt_encoder.embed_dim, *grid)
-    # keys, key_pe (1, N, C); block_keys, block_values split into heads (1, H, N, d); block_queries (1, H, d, N)
-    axis = {"keys": 1, "key_pe": 1, "block_keys": 2, "block_values": 2, "block_queries": 3}
+    # keys, key_pe (1, N, C); block_values split into heads (1, H, N, d); block_keys, block_queries (1, H, d, N);
+    # upscale_base_0, upscale_base_1 (1, N, 2 C1)
+    axis = {"keys": 1, "key_pe": 1, "block_keys": 3, "block_values": 2, "block_queries": 3, "upscale_base_0": 1,
+            "upscale_base_1": 1}
     token_axes = {name: {axis[name]: "num_tokens"} for name in PREPARED_NAMES}
     prepare = DecoderPrepareGraph(model)
     _export(prepare, (embed,), prepare_path, ["image_embeddings"], PREPARED_NAMES,
@@ -339,23 +341,29 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, per_chan
 
 
 def upscaling_matmuls(source: str | os.PathLike) -> list[str]:
-    """Names of the mask upscaling's six weight MatMuls in a decoder graph (a :class:`ModelError` if not found).
+    """Names of the mask upscaling's weight MatMuls in a decoder graph (a :class:`ModelError` if not found).
 
     The upscaling (two 2x2 transposed convolutions as matrix products over every pixel, each split into its two
     kernel rows, see :mod:`anymask.modeling.mask_upscaling`) is about 40% of a decoder call's arithmetic: one
     product per kernel row of the first convolution, one per path ``(i1, i2)`` of the second. Their weights are
-    plain 2-D matrices at the graph's top level.
+    plain 2-D matrices at the graph's top level: six. In a decoder with the image side prepared the first
+    convolution's product is factored (:class:`~anymask.modeling.mask_upscaling.FactoredTokens`): its products
+    with weights are over a few dozen rows, not the pixels, and only the second convolution's four are returned.
     """
     import onnx
 
     graph = onnx.load(str(source))
     weights = {i.name: tuple(i.dims) for i in graph.graph.initializer}
-    chosen = [n.name for n in graph.graph.node
-              if n.op_type == "MatMul" and n.name.count("/") == 1 and len(weights.get(n.input[1], ())) == 2
-              and weights[n.input[1]][0] >= 64]
-    if len(chosen) != 6:
-        raise ModelError(f"expected the mask upscaling's six weight MatMuls in {source}, found {chosen}")
-    return chosen
+    candidates = [n for n in graph.graph.node
+                  if n.op_type == "MatMul" and n.name.count("/") == 1 and len(weights.get(n.input[1], ())) == 2
+                  and weights[n.input[1]][0] >= 64]
+    widest = max((weights[n.input[1]][0] for n in candidates), default=0)
+    first = [n.name for n in candidates if weights[n.input[1]][0] == widest]  # C rows
+    second = [n.name for n in candidates if weights[n.input[1]][0] < widest]  # C / 4 rows
+    if len(second) != 4 or len(first) < 2:
+        raise ModelError(f"expected the mask upscaling's weight MatMuls in {source}, found "
+                         f"{[n.name for n in candidates]}")
+    return first + second if len(first) == 2 else second
 
 
 def quantize_upscaling_int8(source: str | os.PathLike, target: str | os.PathLike,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .mask_upscaling import upscaled_mask_logits
+from .mask_upscaling import FactoredTokens, upscaled_mask_logits, upscaling_bases
 from .transformer import PreparedImage
 
 __all__ = ["MLP", "MaskDecoder"]
@@ -111,7 +111,13 @@ class MaskDecoder(nn.Module):
             image_pe: ``(1, C, h, w)`` dense positional encoding.
             dense_prompt_embeddings: ``(1, C, h, w)`` or ``(1, C, 1, 1)``: the no-mask embedding.
         """
-        return self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1], image_pe)
+        prepared = self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1], image_pe)
+        bases = upscaling_bases(self.output_upscaling, self._update_norms(), prepared.keys)
+        return prepared._replace(upscale_base_0=bases[0], upscale_base_1=bases[1])
+
+    def _update_norms(self) -> list[nn.LayerNorm]:
+        """The LayerNorms after the image tokens' update in each two-way block (``norm4``)."""
+        return [layer.norm4 for layer in self.transformer.layers]
 
     def predict_masks(
         self,
@@ -141,8 +147,14 @@ class MaskDecoder(nn.Module):
         channels, height, width = image_embeddings.shape[1:]
         # only the output tokens are read after the transformer: its final attention skips the prompt tokens
         outputs = 1 + self.num_mask_tokens
+        factored = None
         if prepared is not None:
-            tokens_out, src = self.transformer(None, None, tokens, prepared=prepared, num_outputs=outputs)
+            record = [] if prepared.upscale_base_0 is not None else None
+            tokens_out, src = self.transformer(None, None, tokens, prepared=prepared, num_outputs=outputs,
+                                               record=record)
+            if record is not None and len(record) == len(self.transformer.layers):  # every block folded
+                factored = FactoredTokens((prepared.upscale_base_0, prepared.upscale_base_1), record,
+                                          self._update_norms())
         else:
             if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
                 dense_prompt_embeddings = dense_prompt_embeddings[:1]
@@ -157,7 +169,7 @@ class MaskDecoder(nn.Module):
             dim=1,
         )  # (B, T_m, C / 8)
         if getattr(self.transformer, "fold", False):  # same result, channels-last matrix products
-            masks = upscaled_mask_logits(self.output_upscaling, src, height, width, hyper_in, upscale_grid)
+            masks = upscaled_mask_logits(self.output_upscaling, src, height, width, hyper_in, upscale_grid, factored)
         else:
             src = src.expand(batch, -1, -1).transpose(1, 2).reshape(batch, channels, height, width)
             upscaled = self.output_upscaling(src)  # (B, C / 8, 4h, 4w)

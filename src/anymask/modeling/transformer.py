@@ -44,7 +44,8 @@ from torch import nn
 
 from .common import MLPBlock
 
-__all__ = ["Attention", "PreparedImage", "TwoWayAttentionBlock", "TwoWayTransformer", "softmax_planes"]
+__all__ = ["Attention", "ImageUpdate", "PreparedImage", "TwoWayAttentionBlock", "TwoWayTransformer",
+           "layer_norm_with_stats", "softmax_planes"]
 
 
 def softmax_planes(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -70,13 +71,17 @@ class PreparedImage(NamedTuple):
         keys: ``(1, N, C)`` image tokens: image embedding plus the dense prompt embedding, rows in ``h x w``
             order.
         key_pe: ``(1, N, C)`` their positional encoding.
-        block_keys: ``(1, H, N, d)`` keys of the first token-to-image attention (projected ``keys + key_pe``),
-            split into the ``H`` heads of ``d = D / H`` channels (the layout the attention reads: splitting them
-            on every call cost a transpose of ``N x D`` floats per call).
+        block_keys: ``(1, H, d, N)`` keys of the first token-to-image attention (projected ``keys + key_pe``),
+            split into the ``H`` heads of ``d = D / H`` channels, scaled by ``1 / sqrt(d)`` and stored transposed:
+            the right operand of the attention's logits as it reads them (splitting, transposing and scaling them
+            on every call cost passes over ``N x D`` floats per call).
         block_values: ``(1, H, N, d)`` its values (projected ``keys``).
         block_queries: ``(1, H, d, N)`` queries of the first image-to-token attention (projected
             ``keys + key_pe``), split into heads and stored transposed: the right operand of that attention's
             logits, laid out prompt tokens first (see :meth:`Attention.image_to_token_projected`).
+        upscale_base_0, upscale_base_1: ``(1, N, 2 C1)`` the image's part of the mask upscaling's first product,
+            one per kernel row (:func:`~anymask.modeling.mask_upscaling.upscaling_bases`; set by
+            :meth:`~anymask.modeling.mask_decoder.MaskDecoder.prepare`), or None.
     """
 
     keys: torch.Tensor
@@ -84,6 +89,44 @@ class PreparedImage(NamedTuple):
     block_keys: torch.Tensor
     block_values: torch.Tensor
     block_queries: torch.Tensor
+    upscale_base_0: torch.Tensor | None = None
+    upscale_base_1: torch.Tensor | None = None
+
+
+class ImageUpdate(NamedTuple):
+    """How one two-way block updated the image tokens, recorded for a folded image-to-token attention:
+    ``norm4(residual + attention @ values)``, with the LayerNorm's row statistics.
+
+    Attributes:
+        attention: ``(B, H T, N)`` attention weights of the image tokens over the heads' prompt tokens,
+            transposed (the layout they are computed in).
+        values: ``(B, H T, C)`` the folded values (output projection applied, ``bo / H`` on every row).
+        mean: ``(B, N, 1)`` mean of each row of ``residual + attention @ values``.
+        rstd: ``(B, N, 1)`` its ``1 / sqrt(var + eps)``.
+    """
+
+    attention: torch.Tensor
+    values: torch.Tensor
+    mean: torch.Tensor
+    rstd: torch.Tensor
+
+
+class _LayerNormWithStats(torch.autograd.Function):
+    """``native_layer_norm`` over the last axis, exported as one ONNX ``LayerNormalization`` with its optional
+    ``Mean`` and ``InvStdDev`` outputs (the TorchScript exporter would otherwise spell it out in ten nodes)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):  # noqa: ARG004
+        return torch.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, eps):
+        return g.op("LayerNormalization", x, weight, bias, axis_i=-1, epsilon_f=eps, outputs=3)
+
+
+def layer_norm_with_stats(norm: nn.LayerNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``norm(x)`` and each row's mean and ``1 / sqrt(var + eps)``, ``(..., 1)`` (computed by the same kernel)."""
+    return _LayerNormWithStats.apply(x, norm.weight, norm.bias, norm.eps)
 
 
 class TwoWayTransformer(nn.Module):
@@ -151,7 +194,8 @@ class TwoWayTransformer(nn.Module):
         return PreparedImage(
             keys=keys,
             key_pe=key_pe,
-            block_keys=token_to_image._split_heads(token_to_image.k_proj(k)).contiguous(),
+            block_keys=(token_to_image._split_heads(token_to_image.k_proj(k)).transpose(2, 3)
+                        * token_to_image.head_scale).contiguous(),
             block_values=token_to_image._split_heads(token_to_image.v_proj(keys)).contiguous(),
             block_queries=image_to_token._split_heads(image_to_token.q_proj(k)).transpose(2, 3).contiguous(),
         )
@@ -160,6 +204,7 @@ class TwoWayTransformer(nn.Module):
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor,
         prepared: PreparedImage | None = None,
         num_outputs: int | None = None,
+        record: list[ImageUpdate] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
@@ -174,6 +219,8 @@ class TwoWayTransformer(nn.Module):
                 and never the prompt tokens): the final attention then runs for those alone (each query's
                 attention is independent of the others', so they are exact), which saves most of it for long
                 prompts.
+            record: a list to which every block whose image-to-token attention is folded appends its
+                :class:`ImageUpdate` (the mask upscaling's first product can then skip the image tokens).
 
         Returns:
             Updated tokens ``(B, T, C)`` (``(B, num_outputs, C)``) and updated image tokens ``(B, h * w, C)``.
@@ -189,7 +236,7 @@ class TwoWayTransformer(nn.Module):
 
         for index, layer in enumerate(self.layers):
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe, fold=fold,
-                                  prepared=prepared if index == 0 else None)
+                                  prepared=prepared if index == 0 else None, record=record)
 
         final = self.final_attn_token_to_image
         if num_outputs is not None:
@@ -249,12 +296,13 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: torch.Tensor,
         fold: bool = False,
         prepared: PreparedImage | None = None,
+        record: list[ImageUpdate] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, T, C)`` tokens and ``(B or 1, N, C)`` image tokens (with their PEs) -> updated pair.
 
         ``fold`` evaluates the two cross-attentions through the token side (same result, see the module
         docstring); ``prepared`` (first block only, ``keys`` then shared) supplies the image side's
-        projections.
+        projections. ``record``: see :meth:`TwoWayTransformer.forward`.
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
@@ -278,14 +326,19 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
+        parts: list[torch.Tensor] | None = [] if record is not None else None
         if prepared is not None:
             updated = self.cross_attn_image_to_token.image_to_token_projected(
-                prepared.block_queries, k=q, v=queries, residual=keys, fold=fold)
+                prepared.block_queries, k=q, v=queries, residual=keys, fold=fold, parts=parts)
         elif fold:
-            updated = self.cross_attn_image_to_token.image_to_token(q=k, k=q, v=queries, residual=keys)
+            updated = self.cross_attn_image_to_token.image_to_token(q=k, k=q, v=queries, residual=keys, parts=parts)
         else:
             updated = keys + self.cross_attn_image_to_token(q=k, k=q, v=queries)
-        keys = self.norm4(updated)
+        if parts:
+            keys, mean, rstd = layer_norm_with_stats(self.norm4, updated)
+            record.append(ImageUpdate(*parts, mean, rstd))
+        else:
+            keys = self.norm4(updated)
         return queries, keys
 
 
@@ -312,6 +365,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    @property
+    def head_scale(self) -> float:
+        """``1 / sqrt(d)``, the logits' scale (``d`` a head's width)."""
+        return (self.internal_dim // self.num_heads) ** -0.5
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, D) -> (B, heads, N, D / heads)``."""
@@ -352,7 +410,8 @@ class Attention(nn.Module):
 
         Args:
             q: ``(B, T, C)`` query tokens.
-            k: ``(1, H, N, d)`` projected keys (``k_proj`` of the keys), split into heads.
+            k: ``(1, H, d, N)`` projected keys (``k_proj`` of the keys), split into heads, scaled by
+                :attr:`head_scale` and transposed.
             v: ``(1, H, N, d)`` projected values, split into heads.
 
         Returns:
@@ -361,12 +420,12 @@ class Attention(nn.Module):
         batch, tokens, _ = q.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         queries = self._split_heads(self.q_proj(q)).transpose(0, 1).reshape(1, heads, batch * tokens, head_dim)
-        out = F.scaled_dot_product_attention(queries, k, v)  # (1, H, BT, d)
+        out = (queries @ k).softmax(dim=-1) @ v  # (1, H, BT, d): softmax(q k^T / sqrt(d)) v
         out = out.reshape(heads, batch, tokens, head_dim).permute(1, 2, 0, 3).reshape(batch, tokens, -1)
         return self.out_proj(out)
 
     def image_to_token_projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor,
-                                 fold: bool = True) -> torch.Tensor:
+                                 fold: bool = True, parts: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``residual + forward(q, k, v)`` with the (many) queries already projected and shared by the batch.
 
         Args:
@@ -375,6 +434,8 @@ class Attention(nn.Module):
             v: ``(B, T, C)`` value tokens.
             residual: ``(B, N, C)`` or ``(1, N, C)``, added to the result.
             fold: apply the output projection to the values before the attention (cheaper while ``H T < D``).
+            parts: with ``fold``, the attention, transposed, ``(B, H T, N)``, and the folded values ``(B, H T, C)``
+                are appended to it (the result is ``residual + attention^T @ values``).
 
         Returns:
             ``(B, N, C)``, equal to ``residual + forward(q, k, v)`` up to float32 rounding.
@@ -390,8 +451,10 @@ class Attention(nn.Module):
             values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
             out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)
             folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
-            # (B, N, HT), transposed inside the product
-            attention = weights.transpose(0, 1).reshape(batch, heads * tokens, -1).transpose(1, 2)
+            weights = weights.transpose(0, 1).reshape(batch, heads * tokens, -1)  # (B, HT, N)
+            attention = weights.transpose(1, 2)  # (B, N, HT), transposed inside the product
+            if parts is not None:
+                parts += [weights, folded_values]
             if residual.shape[0] == batch:
                 return torch.baddbmm(residual, attention, folded_values)
             return residual + attention @ folded_values
@@ -429,7 +492,8 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.internal_dim))
 
     def image_to_token(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor,
+        parts: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``residual + forward(q, k, v)`` for many queries and few keys, folded: the queries are never
         projected, and the output projection is applied to the values before the attention.
@@ -439,6 +503,8 @@ class Attention(nn.Module):
             k: ``(B, T, C)`` key tokens.
             v: ``(B, T, C)`` value tokens.
             residual: ``(B, N, C)`` or ``(1, N, C)``, added to the result.
+            parts: the attention, transposed, ``(B, H T, N)``, and the folded values ``(B, H T, C)`` are appended
+                to it (the result is ``residual + attention^T @ values``).
 
         Returns:
             ``(B, N, C)``, equal to ``residual + forward(q, k, v)`` up to float32 rounding.
@@ -452,12 +518,14 @@ class Attention(nn.Module):
         # laid out (B, H T, N), tokens first: the softmax over each head's T tokens is a reduction across T planes
         # of N values (see softmax_planes); the attention enters the output product transposed
         logits = torch.matmul(folded_keys, q.transpose(1, 2)) + offsets  # (B, HT, N); q may have batch 1
-        weights = softmax_planes(logits.reshape(batch, heads, tokens, -1), dim=2)
-        attention = weights.reshape(batch, heads * tokens, -1).transpose(1, 2)  # (B, N, HT)
+        weights = softmax_planes(logits.reshape(batch, heads, tokens, -1), dim=2).reshape(batch, heads * tokens, -1)
+        attention = weights.transpose(1, 2)  # (B, N, HT)
         # sum_h A_h (v_h Wo_h^T) + bo, with bo / H on every row of U (each A_h's rows sum to one)
         values = self._split_heads(self.v_proj(v))  # (B, H, T, d)
         out_weight = self.out_proj.weight.reshape(self.embedding_dim, heads, head_dim).permute(1, 2, 0)  # (H, d, C)
         folded_values = (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * tokens, -1)
+        if parts is not None:
+            parts += [weights, folded_values]
         if residual.shape[0] == batch:
             return torch.baddbmm(residual, attention, folded_values)
         return residual + attention @ folded_values

@@ -246,11 +246,11 @@ class SegmentEngine:
     def prepared_decoder_graph(self, part: str) -> Path:
         """The two-part decoder the page runs (float32, the runtime's cached graphs; no mask input).
 
-        ``part="prepare"``: ``image_embeddings`` -> ``keys``, ``key_pe`` ``(1, N, 256)``, ``block_keys``,
-        ``block_values`` ``(1, 8, N, 16)`` (N = grid cells; 8 heads of 16 channels), ``block_queries`` ``(1, 8, 16, N)``,
-        run once per image;
+        ``part="prepare"``: ``image_embeddings`` -> ``keys``, ``key_pe`` ``(1, N, 256)``, ``block_values``
+        ``(1, 8, N, 16)`` (N = grid cells; 8 heads of 16 channels), ``block_keys`` and ``block_queries``
+        ``(1, 8, 16, N)``, ``upscale_base_0`` and ``upscale_base_1`` ``(1, N, 128)``, run once per image;
         ``part="decode"``: ``image_embeddings``, ``point_coords``, ``point_labels``, ``orig_im_size`` and those
-        five -> ``low_res_masks`` ``(B, 4, 256, 256)``, ``iou_predictions`` ``(B, 4)``, the same as
+        seven -> ``low_res_masks`` ``(B, 4, 256, 256)``, ``iou_predictions`` ``(B, 4)``, the same as
         :meth:`decoder_graph` without mask input with fewer multiply-adds per prompt.
         """
         from ..runtime import DECODER_PREPARE_FILE, DECODER_PREPARED_FILE, build_graphs
