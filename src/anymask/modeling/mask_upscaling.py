@@ -75,28 +75,42 @@ def upscaling_bases(upscaling: nn.Sequential, norms: list[nn.LayerNorm], keys: t
     return tuple(keys @ _chain(weight, norms)[0] for weight in weights)
 
 
-def _factored_first_products(conv: nn.ConvTranspose2d, factored: FactoredTokens, cells: torch.Tensor | None
-                             ) -> list[torch.Tensor]:
+def _corner(x: torch.Tensor, axis: int, height: int, width: int, grid: torch.Tensor | None
+            ) -> tuple[torch.Tensor, int, int]:
+    """The cells of the first ``grid = (rows, cols)`` rows and columns (clamped) of an ``h x w`` grid flattened
+    along ``axis`` of ``x``, and their numbers of rows and columns (all of them without ``grid``): a slice of two
+    axes, which copies runs of ``cols`` values (their numbers follow the input when traced for ONNX)."""
+    if grid is None:
+        return x, height, width
+    shape = x.shape
+    corner = x.reshape(*shape[:axis], height, width, *shape[axis + 1:])[
+        (slice(None),) * axis + (slice(None, grid[0]), slice(None, grid[1]))]
+    return corner.reshape(*shape[:axis], -1, *shape[axis + 1:]), corner.shape[axis], corner.shape[axis + 1]
+
+
+def _factored_first_products(conv: nn.ConvTranspose2d, factored: FactoredTokens, height: int, width: int,
+                             grid: torch.Tensor | None) -> tuple[list[torch.Tensor], int, int]:
     """``tokens @ weight + bias`` of both kernel rows from :class:`FactoredTokens`: ``(B, N, 2 C1)`` each (the
-    ``cells`` rows only, when given)."""
+    cells of :func:`_corner` only, with ``grid``), and the numbers of rows and columns of cells."""
     updates, norms = factored.updates, factored.norms
     depth = len(updates)
     batch = updates[0].values.shape[0]
-    # R_l = r_l ... r_L as (B, 1, N) rows, last first: the factors are built transposed, (B, K, N), in the layout
-    # the attention comes in (no transpose of the N x H T attention; the product reads them transposed)
-    scales = [updates[-1].rstd.reshape(batch, 1, -1)]
-    for update in reversed(updates[:-1]):
-        scales.insert(0, scales[0] * update.rstd.reshape(batch, 1, -1))
+    # the kept cells of every per-cell factor first; laid out (B, 1, N) and (B, H T, N): the factors are built
+    # transposed, (B, K, N), in the layout the attention comes in (the product reads them transposed)
+    attentions = [_corner(update.attention, 2, height, width, grid)[0] for update in updates]
+    means = [_corner(update.mean.reshape(batch, 1, -1), 2, height, width, grid)[0] for update in updates]
+    rstds = [_corner(update.rstd.reshape(batch, 1, -1), 2, height, width, grid) for update in updates]
+    rows, cols = rstds[0][1], rstds[0][2]
+    scales = [rstds[-1][0]]  # R_l = r_l ... r_L, last first
+    for rstd in reversed(rstds[:-1]):
+        scales.insert(0, scales[0] * rstd[0])
     ones = torch.ones_like(scales[0])
     # rows: R_l A_l^T and R_l m_l^T per block, R_(l+1) for each d_l, ones for d_L + bias
-    rows = [t for scale, update in zip(scales, updates)
-            for t in (scale * update.attention, scale * update.mean.reshape(batch, 1, -1))]
-    factors = torch.cat(rows + scales[1:] + [ones], dim=1)  # (B, K, N)
-    first, bases = scales[0].transpose(1, 2), factored.bases  # (B, N, 1)
-    if cells is not None:
-        factors, first = factors.index_select(2, cells), first.index_select(1, cells)
-        bases = tuple(base.index_select(1, cells) for base in bases)
+    factors = torch.cat([t for scale, attention, mean in zip(scales, attentions, means)
+                         for t in (scale * attention, scale * mean)] + scales[1:] + [ones], dim=1)  # (B, K, N)
     factors = factors.transpose(1, 2)  # (B, N, K), transposed inside the product
+    first = scales[0].transpose(1, 2)  # (B, N, 1)
+    bases = tuple(_corner(base, 1, height, width, grid)[0] for base in factored.bases)
     weights, bias = _row_halves(conv)
     products = []
     for weight, base in zip(weights, bases):
@@ -107,7 +121,7 @@ def _factored_first_products(conv: nn.ConvTranspose2d, factored: FactoredTokens,
         terms += [(norms[l].bias @ chain[l + 1]).expand(batch, 1, -1) for l in range(depth - 1)]
         terms.append((norms[-1].bias @ chain[-1] + bias).expand(batch, 1, -1))
         products.append(torch.baddbmm(first * base, factors, torch.cat(terms, dim=1)))
-    return products
+    return products, rows, cols
 
 
 def upscaled_mask_logits(
@@ -136,20 +150,12 @@ def upscaled_mask_logits(
     """
     conv1, norm, act1, conv2, act2 = upscaling
     batch, masks_per_prompt = hyper_in.shape[:2]
-    cells = None
-    if grid is not None:
-        # the kept rows and columns as index lists (their lengths follow the input when traced for ONNX)
-        rows, cols = torch.arange(height, device=tokens.device), torch.arange(width, device=tokens.device)
-        rows, cols = rows[rows < grid[0]], cols[cols < grid[1]]
-        cells = (rows[:, None] * width + cols).flatten()
-        height, width = rows.shape[0], cols.shape[0]
     weights1, bias1 = _row_halves(conv1)
     weights2, bias2 = _row_halves(conv2)
     if factored is not None:
-        firsts = _factored_first_products(conv1, factored, cells)
+        firsts, height, width = _factored_first_products(conv1, factored, height, width, grid)
     else:
-        if cells is not None:
-            tokens = tokens.index_select(1, cells)  # one copy of the kept cells
+        tokens, height, width = _corner(tokens, 1, height, width, grid)  # one copy of the kept cells
         firsts = [torch.matmul(tokens, weight1) + bias1 for weight1 in weights1]
     rows = []  # the logits of image rows 4y + 2 i1 + i2, one (i1, i2) at a time: (B, M, h, 4w)
     for first in firsts:  # first convolution, kernel row i1: (B, h * w, 2 * C1), columns (j1, channel)
