@@ -442,7 +442,7 @@ class Attention(nn.Module):
         """
         batch, tokens, _ = k.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
-        keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
+        keys = self._split_heads(self.k_proj(k)) * self.head_scale  # (B, H, T, d)
         # per head, the batch's B T keys against the N shared queries in one product, laid out (H, B, T, N):
         # the softmax over each prompt's T keys is a reduction across T planes of N values (see softmax_planes)
         logits = keys.transpose(0, 1).reshape(heads, batch * tokens, head_dim) @ q.flatten(0, 1)  # (H, BT, N)
@@ -475,7 +475,7 @@ class Attention(nn.Module):
         """
         batch, tokens, _ = q.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
-        scaled = self._split_heads(self.q_proj(q)) * head_dim**-0.5  # (B, H, T, d)
+        scaled = self._split_heads(self.q_proj(q)) * self.head_scale  # (B, H, T, d)
         # G_h = q_h Wk_h: logits = G_h k^T (+ q_h . bk_h, constant along each row: softmax drops it)
         folded_keys = (scaled @ self._head_weights(self.k_proj)).reshape(batch, heads * tokens, -1)  # (B, HT, C)
         if k.shape[0] == 1:  # one product for the whole batch (flatten, not k[0]: a free reshape in ONNX too)
@@ -511,7 +511,7 @@ class Attention(nn.Module):
         """
         batch, tokens, _ = k.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
-        keys = self._split_heads(self.k_proj(k)) * head_dim**-0.5  # (B, H, T, d)
+        keys = self._split_heads(self.k_proj(k)) * self.head_scale  # (B, H, T, d)
         # logits_h = (q Wq_h^T + bq_h) k_h^T = q M_h + c_h
         folded_keys = (keys @ self._head_weights(self.q_proj)).reshape(batch, heads * tokens, -1)  # (B, HT, C)
         offsets = (keys @ self.q_proj.bias.reshape(heads, head_dim, 1)).reshape(batch, heads * tokens, 1)
