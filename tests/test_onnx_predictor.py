@@ -128,3 +128,102 @@ def test_torch_is_never_imported(export_dir: Path, example_image_path: Path) -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(REPO_SRC)})
     assert done.stdout.strip() == "False", done.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cached graphs of load_model(name), found by name without torch
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_the_onnx_backend_records_its_graphs_under_the_models_names(both) -> None:
+    from anymask.runtime import find_named_graphs
+
+    _, full = both  # Predictor(load_model("mobile_sam"), backend="onnx"): the catalogue's weights, default build
+    folder = full._runner._folder
+    for name in ("mobile_sam", "vit_t", " MOBILE_SAM "):
+        assert find_named_graphs(name) == folder
+    assert json.loads((folder / "model.json").read_text())["model"] == "mobile_sam"
+    assert find_named_graphs("vit_b") is None or find_named_graphs("vit_b") != folder
+
+
+def test_only_the_catalogues_unchanged_weights_are_recorded(mobile_sam, tmp_path: Path, monkeypatch) -> None:
+    import copy
+
+    import torch
+
+    from anymask.export import DEFAULT_OPSET
+    from anymask.runtime import RUNTIME_FILES, _record_named_graphs, find_named_graphs, weights_digest
+
+    monkeypatch.setenv("ANYMASK_HOME", str(tmp_path))
+    folder = tmp_path / "onnx" / "graphs"
+    folder.mkdir(parents=True)
+    for name in (*RUNTIME_FILES, "model.json"):
+        (folder / name).write_bytes(b"")
+
+    changed = copy.deepcopy(mobile_sam)
+    with torch.no_grad():
+        changed.mask_decoder.iou_token.weight.add_(1e-3)
+    _record_named_graphs(changed, folder, None, DEFAULT_OPSET, weights_digest(changed))
+    assert find_named_graphs("mobile_sam") is None  # fine-tuned in memory: not what load_model gives
+
+    plain = copy.deepcopy(mobile_sam)
+    plain.mask_decoder.transformer.fold = False  # another build: other graphs
+    _record_named_graphs(plain, folder, None, DEFAULT_OPSET, weights_digest(plain))
+    assert find_named_graphs("mobile_sam") is None
+
+    _record_named_graphs(mobile_sam, folder, None, DEFAULT_OPSET + 1, weights_digest(mobile_sam))
+    assert find_named_graphs("mobile_sam") is None  # another opset
+
+    _record_named_graphs(mobile_sam, folder, None, DEFAULT_OPSET, weights_digest(mobile_sam))
+    assert find_named_graphs("mobile_sam") == folder == find_named_graphs("vit_t")
+    assert find_named_graphs("mobile_sam", "int8") is None
+    assert find_named_graphs("../onnx/mobile_sam") is None
+    (folder / "encoder.onnx").unlink()  # an incomplete folder is not offered
+    assert find_named_graphs("mobile_sam") is None
+
+
+def test_a_model_loaded_unverified_is_not_recorded(mobile_sam_checkpoint: Path) -> None:
+    from anymask import load_model
+
+    assert load_model("mobile_sam", checkpoint=mobile_sam_checkpoint).loaded_from["checkpoint"] == str(
+        mobile_sam_checkpoint)
+    assert not hasattr(load_model("mobile_sam", checkpoint=mobile_sam_checkpoint, verify=False), "loaded_from")
+    assert not hasattr(load_model("mobile_sam", pretrained=False), "loaded_from")
+
+
+def test_from_pretrained_and_the_segment_command_run_the_cached_graphs_without_torch(
+        both, example_image_path: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    _, full = both  # its graphs are cached and recorded under the model's names
+    ref_masks, ref_scores, ref_low = full.predict(points=CLICK, labels=[1])
+    out = tmp_path / "out"
+    code = (
+        "import sys, runpy\n"
+        "import numpy as np\n"
+        "from anymask.onnx_predictor import OnnxPredictor\n"
+        "p = OnnxPredictor.from_pretrained('vit_t')\n"
+        f"p.set_image({str(example_image_path)!r})\n"
+        f"masks, scores, low = p.predict(points={CLICK!r}, labels=[1])\n"
+        f"np.savez({str(tmp_path / 'lite.npz')!r}, masks=masks, scores=scores, low=low)\n"
+        f"sys.argv = ['anymask', 'segment', {str(example_image_path)!r}, '--point', '256,200', '-o', {str(out)!r}, "
+        "'-q', '--backend', 'onnx']\n"
+        "try:\n"
+        "    runpy.run_module('anymask', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_SRC)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout
+    lite = np.load(tmp_path / "lite.npz")
+    np.testing.assert_array_equal(lite["masks"], ref_masks)  # the same graphs, the same arrays
+    np.testing.assert_array_equal(lite["scores"], ref_scores)
+    np.testing.assert_array_equal(lite["low"], ref_low)
+    best = int(np.argmax(ref_scores))
+    written = np.asarray(Image.open(out / "astronaut_mask.png")) > 0
+    np.testing.assert_array_equal(written, ref_masks[best])
+    record = json.loads((out / "astronaut.json").read_text())
+    assert record["model"] == "mobile_sam" and record["objects"][0]["selected"] == best

@@ -288,6 +288,11 @@ def load_model(
         state_dict = weights.load_state_dict(path)
         load_state_dict_strict(model, state_dict, source=str(path))
         logger.info("loaded %s weights from %s", spec.name, path)
+        if checkpoint is None or verify:  # the catalogue's file (sha256 verified): its graphs can be found by name
+            from .runtime import graph_build_options
+
+            model.loaded_from = {"checkpoint": str(path), "sha256": weights.get_entry(spec.weights).sha256,
+                                 "build": graph_build_options(model)}
     model.spec = spec
     return model.eval().to(device)
 

@@ -77,6 +77,37 @@ class OnnxPredictor:
         self._embedding: ImageEmbedding | None = None
         self._prepared: dict[str, np.ndarray] | None = None
 
+    @classmethod
+    def from_pretrained(cls, name: str = "mobile_sam", quantize: str | None = None, threads: int | None = None,
+                        *, download: bool = True, progress: bool = True) -> "OnnxPredictor":
+        """The predictor of a catalogued model, on the runtime graphs anymask caches for it.
+
+        Once the graphs of ``load_model(name)`` are in the cache (``<anymask home>/onnx``, written by the first
+        use of this method, of ``Predictor(load_model(name))`` with the onnx backend, or of ``anymask segment``),
+        this imports no torch and reads no checkpoint: it opens the cached graphs. Otherwise it loads the model
+        (fetching and verifying its weights like :func:`anymask.load_model`; this needs torch) and exports the
+        graphs once. The results are those of ``Predictor(load_model(name), backend="onnx")``.
+
+        Args:
+            name: a model name or alias (``mobile_sam``, ``vit_b``, ...).
+            quantize: ``None`` (float32) or ``"int8"`` (the encoder's weight MatMuls; backend ``"onnx-int8"``).
+            threads: onnxruntime intra-op threads (default as in the constructor).
+            download, progress: as :func:`anymask.load_model`, if the weights are needed.
+
+        Raises:
+            ModelError: unknown model or ``quantize``; WeightsError: the weights cannot be obtained.
+        """
+        from .runtime import build_graphs, find_named_graphs
+
+        if quantize not in (None, "int8"):
+            raise ModelError(f"quantize must be None or 'int8', not {quantize!r}")
+        folder = find_named_graphs(name, quantize)
+        if folder is None:
+            from .models import load_model
+
+            folder = build_graphs(load_model(name, download=download, progress=progress), quantize)
+        return cls(folder, threads)
+
     # ---------------------------------------------------------------------------------------------------
     # Image
     # ---------------------------------------------------------------------------------------------------

@@ -14,13 +14,22 @@ the model's name, its weights, the anymask, torch and onnxruntime versions and t
 written under a temporary name and renamed into place, so concurrent first uses never see a half-written one.
 Encoders for images not padded to the square input (``Predictor(pad_to_square=False)``) are exported per
 resized input shape on first use, into the same folder (``encoder_<h>x<w>.onnx``, written atomically).
+
+The graphs of a model exactly as ``load_model(name)`` gives it (the catalogue's verified weights, unchanged, the
+default build) are also recorded under that name (``<anymask_home()>/onnx/by-name/``), in a key that needs no
+torch to compute: :func:`find_named_graphs` finds them again without importing torch, so that
+:meth:`anymask.onnx_predictor.OnnxPredictor.from_pretrained` and ``anymask segment`` start in a fraction of the
+time and memory once the graphs exist (``import torch`` alone is ~1.7 s and ~190 MB here).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -154,12 +163,24 @@ def onnx_prompt_arrays(prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
 
 def weights_digest(model: Sam) -> str:
     """sha256 of the model's parameters and buffers (names, shapes and bytes), as hex."""
+    return state_dict_digest(model.state_dict())
+
+
+def state_dict_digest(state_dict: dict) -> str:
+    """sha256 of a state dict's tensors (names, shapes and bytes, in name order), as hex."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state_dict.items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def graph_build_options(model: Sam) -> list[str]:
+    """The options of a model's build that change its traced graphs: the decoder's formulation (folded or plain
+    cross-attention) and a TinyViT encoder's striping of its high-resolution parts."""
+    return [str(getattr(model.mask_decoder.transformer, "formulation", "plain")),
+            str(getattr(model.image_encoder, "stripe_rows", None))]
 
 
 def graph_sources_digest(package: Path | None = None) -> str:
@@ -175,29 +196,129 @@ def graph_sources_digest(package: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def graphs_dir(model: Sam, quantize: str | None, opset: int) -> Path:
-    """The cache folder of ``model``'s runtime graphs for these options (may not exist yet)."""
+def graphs_dir(model: Sam, quantize: str | None, opset: int, digest: str | None = None) -> Path:
+    """The cache folder of ``model``'s runtime graphs for these options (may not exist yet); ``digest``: its
+    :func:`weights_digest` when known."""
     import onnxruntime
     import torch
 
-    parts = [model.spec.name, weights_digest(model), __version__, torch.__version__, onnxruntime.__version__,
-             str(quantize), str(opset), GRAPHS_REVISION, graph_sources_digest()]
-    # the decoder's formulation (folded or plain cross-attention) changes the traced graph
-    parts.append(getattr(model.mask_decoder.transformer, "formulation", "plain"))
-    # so does a TinyViT encoder's striping of its high-resolution parts
-    parts.append(str(getattr(model.image_encoder, "stripe_rows", None)))
+    parts = [model.spec.name, digest or weights_digest(model), __version__, torch.__version__,
+             onnxruntime.__version__, str(quantize), str(opset), GRAPHS_REVISION, graph_sources_digest()]
+    parts += graph_build_options(model)
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return weights.anymask_home() / "onnx" / f"{model.spec.name}-{quantize or 'fp32'}-{key}"
 
 
+#: the folder (under ``<anymask_home()>/onnx``) of the records of :func:`find_named_graphs`
+NAMED_GRAPHS_DIR = "by-name"
+#: the description of the graphs that build_graphs writes beside them (as ``anymask export`` does): what
+#: :class:`~anymask.onnx_predictor.OnnxPredictor` reads
+MODEL_JSON = "model.json"
+
+
+def _named_graphs_record(name: str, quantize: str | None) -> Path:
+    """Where the cache folder of ``load_model(name)``'s graphs is recorded. The key holds what the graphs depend
+    on and can be known without importing torch: the name, the versions of anymask, torch (from its package
+    metadata) and onnxruntime, the weights catalogue, the graph sources and revision, and ``quantize``."""
+    from importlib import metadata
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "none"
+    try:
+        ort_version = metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        ort_version = "none"
+    catalogue = importlib.resources.files("anymask").joinpath("catalog", "weights.json").read_bytes()
+    name = str(name).strip().lower()
+    parts = [name, __version__, torch_version, ort_version, hashlib.sha256(catalogue).hexdigest(), str(quantize),
+             GRAPHS_REVISION, graph_sources_digest()]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return weights.anymask_home() / "onnx" / NAMED_GRAPHS_DIR / f"{name}-{quantize or 'fp32'}-{key}"
+
+
+def find_named_graphs(name: str, quantize: str | None = None) -> Path | None:
+    """The cache folder of the runtime graphs of ``load_model(name)`` (the catalogue's weights, the default
+    build), if an earlier :func:`build_graphs` recorded it and it is complete; else None. Imports no torch.
+
+    Args:
+        name: a model name or alias, as given to :func:`anymask.load_model`.
+        quantize: ``None`` (float32) or ``"int8"`` (the encoder's weight MatMuls).
+    """
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", str(name).strip().lower()):
+        return None  # no model has such a name; and none reads a record outside the folder
+    record = _named_graphs_record(name, quantize)
+    try:
+        folder_name = record.read_text().strip()
+    except OSError:
+        return None
+    folder = record.parent.parent / folder_name
+    if not folder_name or Path(folder_name).name != folder_name:
+        return None
+    if not all((folder / file).is_file() for file in (*RUNTIME_FILES, MODEL_JSON)):
+        return None
+    return folder
+
+
+def _record_named_graphs(model: Sam, folder: Path, quantize: str | None, opset: int, digest: str) -> None:
+    """Record ``folder`` for :func:`find_named_graphs` under the model's names, when ``model`` is exactly what
+    ``load_model(name)`` gives: loaded from the catalogue's verified checkpoint (``model.loaded_from``, set by
+    :func:`anymask.load_model`), its tensors still those of the file, its build options unchanged, the default
+    opset."""
+    from .export import DEFAULT_OPSET
+    from .fileio import atomic_write_text
+
+    loaded = getattr(model, "loaded_from", None)
+    if not isinstance(loaded, dict) or opset != DEFAULT_OPSET or loaded.get("build") != graph_build_options(model):
+        return
+    spec = model.spec
+    records = [_named_graphs_record(name, quantize) for name in (spec.name, *spec.aliases)]
+    if all(_read_text(record) == folder.name for record in records):
+        return
+    from .checkpoint import load_state_dict
+
+    try:
+        unchanged = state_dict_digest(load_state_dict(loaded["checkpoint"])) == digest
+    except Exception as exc:  # noqa: BLE001 - the record is an optimisation: without it torch is imported
+        logger.debug("not recording %s's graphs: %s", spec.name, exc)
+        return
+    if not unchanged:
+        logger.debug("not recording %s's graphs: the weights differ from the checkpoint's", spec.name)
+        return
+    records[0].parent.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        atomic_write_text(record, folder.name + "\n")
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
 def build_graphs(model: Sam, quantize: str | None = None, opset: int | None = None) -> Path:
-    """Export (once) and return the folder holding the runtime graphs of ``model``."""
-    from .export import DEFAULT_OPSET, export_decoder, export_encoder, export_prepared_decoder, quantize_int8
+    """Export (once) and return the folder holding the runtime graphs of ``model`` (and their ``model.json``, as
+    ``anymask export`` writes it, so that :class:`~anymask.onnx_predictor.OnnxPredictor` can open the folder)."""
+    from .export import DEFAULT_OPSET, describe
+    from .fileio import atomic_write_text
 
     opset = opset or DEFAULT_OPSET
-    folder = graphs_dir(model, quantize, opset)
-    if all((folder / name).is_file() for name in RUNTIME_FILES):
-        return folder
+    digest = weights_digest(model)
+    folder = graphs_dir(model, quantize, opset, digest)
+    if not all((folder / name).is_file() for name in RUNTIME_FILES):
+        _export_graphs(model, folder, quantize, opset)
+    if not (folder / MODEL_JSON).is_file():
+        atomic_write_text(folder / MODEL_JSON, json.dumps(describe(model, quantize, opset), indent=2) + "\n")
+    _record_named_graphs(model, folder, quantize, opset, digest)
+    return folder
+
+
+def _export_graphs(model: Sam, folder: Path, quantize: str | None, opset: int) -> None:
+    """Export ``model``'s runtime graphs into ``folder`` (written under a temporary name, renamed into place)."""
+    from .export import export_decoder, export_encoder, export_prepared_decoder, quantize_int8
+
     logger.info("exporting %s to ONNX (once; cached in %s)", model.spec.name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -216,7 +337,6 @@ def build_graphs(model: Sam, quantize: str | None = None, opset: int | None = No
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 class OnnxRunner:
@@ -447,5 +567,6 @@ class OnnxRunner:
         return low_res, iou
 
 
-__all__ = ["BACKENDS", "DECODER_PRECISIONS", "PADDING_LOGIT", "OnnxRunner", "build_graphs", "graph_sources_digest",
-           "graphs_dir", "onnxruntime_available", "resolve_backend", "weights_digest"]
+__all__ = ["BACKENDS", "DECODER_PRECISIONS", "PADDING_LOGIT", "OnnxRunner", "build_graphs", "find_named_graphs",
+           "graph_build_options", "graph_sources_digest", "graphs_dir", "onnxruntime_available", "resolve_backend",
+           "state_dict_digest", "weights_digest"]

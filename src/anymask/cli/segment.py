@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import PromptError
-from .common import add_model_arguments, check_output_dir, load_model_from_args, parse_numbers
+from .common import add_model_arguments, cached_onnx_predictor, check_output_dir, load_model_from_args, parse_numbers
 
 logger = logging.getLogger("anymask")
 
@@ -23,7 +23,9 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="segment an image from point and box prompts",
         description="Segment one image from clicks and/or boxes and write the mask, an RGBA cut-out, an overlay "
         "and a JSON record (score, bbox, area, COCO RLE, polygons). Coordinates are pixels of the image as it "
-        "is displayed (EXIF orientation applied): x = column, y = row, origin top-left.",
+        "is displayed (EXIF orientation applied): x = column, y = row, origin top-left. With an onnx backend (the "
+        "default on the CPU) and the catalogue's weights, the first run exports the model's graphs once; later runs "
+        "open the cached graphs without loading torch (same masks, about 2 s sooner).",
     )
     seg.add_argument("image", help="image file (JPEG, PNG, BMP, TIFF, WebP, ...)")
     seg.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
@@ -51,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..images import load_image
     from ..outputs import mask_record, save_cutout, save_mask_png, save_overlay, write_json
-    from ..predictor import Predictor
     from ..prompts import check_prompts
 
     kinds = [k.strip() for k in args.save.split(",") if k.strip()]
@@ -75,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
     labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points]) if points else None
     box_arg = np.array(boxes) if boxes else None
     check_prompts(coords, labels, box_arg, image_size=image.shape[:2])  # before the model is loaded
-    model = load_model_from_args(args, device=args.device, progress=not args.quiet)
-    predictor = Predictor(model, backend=args.backend)
+    predictor = cached_onnx_predictor(args)  # the same graphs and results as the Predictor below, without torch
+    if predictor is None:
+        from ..predictor import Predictor
+
+        model = load_model_from_args(args, device=args.device, progress=not args.quiet)
+        predictor = Predictor(model, backend=args.backend)
+        model_name = model.spec.name
+    else:
+        model_name = predictor.model_name
     predictor.set_image(image)
 
     masks, scores, _ = predictor.predict(points=coords, labels=labels, box=box_arg, multimask=multimask)
@@ -111,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             "image": str(args.image),
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
-            "model": model.spec.name,
+            "model": model_name,
             "anymask_version": __version__,
             "points": [{"x": p[0], "y": p[1], "label": int(p[2]) if len(p) == 3 else 1} for p in points],
             "boxes": boxes,
