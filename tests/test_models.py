@@ -112,6 +112,34 @@ def test_loaded_mobile_sam_holds_the_checkpoint_weights(mobile_sam, mobile_sam_s
         assert torch.equal(loaded[key], mobile_sam_state[key]), key
 
 
+def test_loaded_weights_are_the_checkpoints_own_mapped_pages(mobile_sam_checkpoint):
+    from anymask.checkpoint import mapped_unwritten
+    from anymask.runtime import state_dict_digest, weights_digest
+
+    model = load_model("mobile_sam", checkpoint=mobile_sam_checkpoint)
+    assert mapped_unwritten(mobile_sam_checkpoint, model.state_dict().values())  # not copied into the heap
+    # so the graph cache's key needs no tensor read while they are unwritten
+    assert weights_digest(model) == "checkpoint-" + weights.get_entry("mobile_sam").sha256
+    # a write anywhere in the mapping (here through numpy, which no version counter sees) is noticed
+    model.mask_decoder.iou_token.weight.detach().numpy()[0, 0] += 1.0
+    assert not mapped_unwritten(mobile_sam_checkpoint, model.state_dict().values())
+    assert weights_digest(model) == state_dict_digest(model.state_dict())
+
+    other = load_model("mobile_sam", checkpoint=mobile_sam_checkpoint)
+    other.mask_decoder.iou_token.weight = torch.nn.Parameter(other.mask_decoder.iou_token.weight.clone())
+    assert weights_digest(other) == state_dict_digest(other.state_dict())  # a replaced tensor: read them all
+    assert not mapped_unwritten(mobile_sam_checkpoint, other.state_dict().values())
+
+
+def test_a_checkpoint_of_another_dtype_is_converted(mobile_sam_state, tmp_path):
+    path = tmp_path / "float64.pt"
+    torch.save({k: v.double() if v.is_floating_point() else v for k, v in mobile_sam_state.items()}, path)
+    model = load_model("mobile_sam", checkpoint=path, verify=False)
+    for key, value in model.state_dict().items():
+        assert value.dtype == mobile_sam_state[key].dtype, key
+        assert torch.equal(value, mobile_sam_state[key]), key
+
+
 SAM_VITS = {
     # name: (embed_dim, depth, num_heads, global attention blocks)
     "vit_b": (768, 12, 12, (2, 5, 8, 11)),

@@ -53,9 +53,9 @@ def _unpickling_detail(message: str) -> str:
 def _torch_load(file: Path) -> Any:
     """``torch.load`` with ``weights_only=True``, memory-mapped when the file's format allows it.
 
-    Mapped, the tensors are read from the page cache instead of being copied into the process heap first; they
-    are copied once, into the model, and the mapping goes away with the state dict (about 20 MB less resident
-    memory after loading MobileSAM than a plain load, whose freed buffers stay in the heap).
+    Mapped, the tensors are pages of the file, read from the page cache when first touched, never copied into the
+    process heap: :func:`anymask.load_model` makes them the network's own parameters (no second copy; see
+    :func:`mapped_unwritten` for how anymask knows they are still the file's bytes).
     """
     import torch
 
@@ -125,3 +125,46 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
         if not isinstance(value, torch.Tensor):
             raise WeightsError(f"{file}: state dict entry {key!r} is a {type(value).__name__}, not a tensor")
     return obj
+
+
+_SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) (\d+)")
+
+
+def mapped_unwritten(path: str | os.PathLike, tensors: Any) -> bool:
+    """Whether every one of ``tensors`` lies in this process's mappings of the file ``path`` (a memory-mapped
+    :func:`load_state_dict`) and no page of those mappings has been written to since.
+
+    A write to a privately mapped page gives the process its own copy of the page, which ``/proc/self/smaps``
+    counts as ``Anonymous``: with none, the tensors hold exactly the file's bytes. Linux only: False elsewhere,
+    or when anything cannot be read.
+    """
+    try:
+        info = os.stat(path)
+        with open("/proc/self/smaps") as smaps:
+            text = smaps.read()
+    except OSError:
+        return False
+    mappings: list[list[int]] = []  # [start, end, anonymous kB] of the file's mappings
+    current: list[int] | None = None
+    for line in text.splitlines():
+        header = _SMAPS_HEADER.match(line)
+        if header:
+            start, end, major, minor, inode = header.groups()
+            same_file = int(inode) == info.st_ino and (int(major, 16), int(minor, 16)) == (
+                os.major(info.st_dev), os.minor(info.st_dev))
+            current = [int(start, 16), int(end, 16), 0] if same_file else None
+            if current is not None:
+                mappings.append(current)
+        elif current is not None and line.startswith("Anonymous:"):
+            current[2] = int(line.split()[1])
+    used = set()
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        begin, size = storage.data_ptr(), storage.nbytes()
+        if size == 0:
+            continue
+        holder = next((i for i, (start, end, _) in enumerate(mappings) if start <= begin and begin + size <= end), None)
+        if holder is None:
+            return False
+        used.add(holder)
+    return all(mappings[i][2] == 0 for i in used)

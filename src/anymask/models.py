@@ -277,24 +277,51 @@ def load_model(
     """
     spec = get_model_spec(name)
     device = _check_device(device)
-    model = spec.builder()
-    if pretrained:
-        if checkpoint is not None and not verify:
-            path = Path(checkpoint)
-            if path.is_dir():
-                path = path / weights.get_entry(spec.weights).filename
-        else:
-            path = weights.resolve(spec.weights, path=checkpoint, download=download, progress=progress)
-        state_dict = weights.load_state_dict(path)
-        load_state_dict_strict(model, state_dict, source=str(path))
-        logger.info("loaded %s weights from %s", spec.name, path)
-        if checkpoint is None or verify:  # the catalogue's file (sha256 verified): its graphs can be found by name
-            from .runtime import graph_build_options
-
-            model.loaded_from = {"checkpoint": str(path), "sha256": weights.get_entry(spec.weights).sha256,
-                                 "build": graph_build_options(model)}
+    if not pretrained:
+        model = spec.builder()
+        model.spec = spec
+        return model.eval().to(device)
+    if checkpoint is not None and not verify:
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = path / weights.get_entry(spec.weights).filename
+    else:
+        path = weights.resolve(spec.weights, path=checkpoint, download=download, progress=progress)
+    state_dict = weights.load_state_dict(path)
+    model = _build_with_weights(spec, state_dict, source=str(path))
+    logger.info("loaded %s weights from %s", spec.name, path)
     model.spec = spec
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    if checkpoint is None or verify:  # the catalogue's file (sha256 verified): its graphs can be found by name
+        from .runtime import graph_build_options
+
+        model.loaded_from = {"checkpoint": str(path), "sha256": weights.get_entry(spec.weights).sha256,
+                             "build": graph_build_options(model), "layout": tensor_layout(model)}
+    return model
+
+
+def _build_with_weights(spec: ModelSpec, state_dict: dict, source: str) -> Sam:
+    """The network of ``spec`` holding the tensors of ``state_dict`` themselves as its parameters and buffers.
+
+    The checkpoint's tensors replace the freshly initialised ones (``load_state_dict(assign=True)``) instead of
+    being copied into them: read memory-mapped (:func:`anymask.checkpoint.load_state_dict`), they stay pages of the
+    checkpoint file until written to (the file must then not be changed in place while the model lives; anymask's
+    weights cache replaces files, never rewrites them). Copied, the network held a second, anonymous copy of the
+    weights (MobileSAM: ~40 MB). Tensors of another dtype than the network's are converted. (Building on the
+    ``meta`` device would skip the random initialisation too, but its first use imports ~70 MB of torch's meta
+    kernels.)
+    """
+    model = spec.builder()
+    check_state_dict(model, state_dict, source=source)
+    expected = model.state_dict()
+    converted = {k: v if v.dtype == expected[k].dtype else v.to(expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model
+
+
+def tensor_layout(model: torch.nn.Module) -> dict[str, tuple]:
+    """``{name: (data_ptr, shape, stride, dtype)}`` of the model's state dict: which memory holds its weights."""
+    return {k: (v.data_ptr(), tuple(v.shape), v.stride(), str(v.dtype)) for k, v in model.state_dict().items()}
 
 
 def _check_device(device: str | torch.device) -> torch.device:
@@ -316,6 +343,16 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str
     Raises:
         ModelError: naming a few missing, unexpected or mis-shaped keys.
     """
+    check_state_dict(model, state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """Check that ``state_dict`` has exactly ``model``'s keys, with its shapes (``model`` may be on ``meta``).
+
+    Raises:
+        ModelError: naming a few missing, unexpected or mis-shaped keys.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -329,4 +366,3 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str
             problems.append(f"{len(keys)} {label} key(s): {shown}")
     if problems:
         raise ModelError(f"{source} does not fit this model: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)

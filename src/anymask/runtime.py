@@ -162,8 +162,29 @@ def onnx_prompt_arrays(prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
 
 
 def weights_digest(model: Sam) -> str:
-    """sha256 of the model's parameters and buffers (names, shapes and bytes), as hex."""
+    """An identity of the model's weights, for the graph cache's key.
+
+    ``checkpoint-<sha256>`` while they are exactly the catalogue's verified checkpoint file as
+    :func:`anymask.load_model` mapped it (the same tensors, no page of the mapping written to: see
+    :func:`anymask.checkpoint.mapped_unwritten`): no tensor is read. Otherwise the sha256 of the parameters and
+    buffers (names, shapes and bytes), as hex; reading them all costs ~0.1 s and, for mapped tensors, puts the
+    file's 40 MB (MobileSAM) in the process's resident memory.
+    """
+    if _checkpoint_unchanged(model):
+        return "checkpoint-" + model.loaded_from["sha256"]
     return state_dict_digest(model.state_dict())
+
+
+def _checkpoint_unchanged(model: Sam) -> bool:
+    """Whether ``model``'s weights are still the checkpoint that :func:`anymask.load_model` mapped."""
+    loaded = getattr(model, "loaded_from", None)
+    if not isinstance(loaded, dict) or "layout" not in loaded:
+        return False
+    from .checkpoint import mapped_unwritten
+    from .models import tensor_layout
+
+    return tensor_layout(model) == loaded["layout"] and mapped_unwritten(loaded["checkpoint"],
+                                                                         model.state_dict().values())
 
 
 def state_dict_digest(state_dict: dict) -> str:
@@ -279,7 +300,8 @@ def _record_named_graphs(model: Sam, folder: Path, quantize: str | None, opset: 
     from .checkpoint import load_state_dict
 
     try:
-        unchanged = state_dict_digest(load_state_dict(loaded["checkpoint"])) == digest
+        unchanged = digest == "checkpoint-" + loaded["sha256"] or state_dict_digest(
+            load_state_dict(loaded["checkpoint"])) == digest
     except Exception as exc:  # noqa: BLE001 - the record is an optimisation: without it torch is imported
         logger.debug("not recording %s's graphs: %s", spec.name, exc)
         return
