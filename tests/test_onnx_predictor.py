@@ -234,3 +234,32 @@ def test_from_pretrained_and_the_segment_command_run_the_cached_graphs_without_t
     np.testing.assert_array_equal(written, ref_masks[best])
     record = json.loads((out / "astronaut.json").read_text())
     assert record["model"] == "mobile_sam" and record["objects"][0]["selected"] == best
+
+
+def test_batch_embed_and_boxes_workers_run_the_cached_graphs(both, mobile_sam_checkpoint: Path,
+                                                             example_image_path: Path, tmp_path: Path) -> None:
+    from anymask import ImageEmbedding
+    from anymask.batch import TaskSpec
+    from anymask.batch.inputs import BatchItem
+    from anymask.batch.tasks import ImageWorker
+    from anymask.onnx_predictor import OnnxPredictor
+
+    # both's Predictor(load_model("mobile_sam"), backend="onnx") has cached and recorded the graphs
+    boxes = [{"box": BOXES[0].tolist(), "label": "shuttle"}, {"box": BOXES[1].tolist()}]
+    outputs = {}
+    for task, item_boxes in (("embed", None), ("boxes", boxes)):
+        item = BatchItem(id="astronaut", image=str(example_image_path), boxes=item_boxes)
+        for way, checkpoint in (("cached", None), ("torch model", str(mobile_sam_checkpoint))):
+            worker = ImageWorker(TaskSpec(task, backend="onnx", checkpoint=checkpoint, threads=2),
+                                 tmp_path / way)
+            assert isinstance(worker.predictor, OnnxPredictor) == (checkpoint is None)
+            record = worker(item)
+            assert record["status"] == "done", record
+            outputs[task, way] = tmp_path / way / record["output"]
+    cached, loaded = (ImageEmbedding.load(outputs["embed", way]) for way in ("cached", "torch model"))
+    np.testing.assert_array_equal(cached.features, loaded.features)
+    assert (cached.original_size, cached.input_size, cached.model) == (loaded.original_size, loaded.input_size,
+                                                                       loaded.model)
+    cached, loaded = (json.loads(outputs["boxes", way].read_text())["annotations"] for way in ("cached", "torch model"))
+    assert len(cached) == 2 and cached == loaded  # the same RLE masks, scores and boxes
+    assert ImageWorker(TaskSpec("embed", backend="torch"), tmp_path / "t").predictor.backend == "torch"

@@ -108,6 +108,30 @@ class OnnxPredictor:
             folder = build_graphs(load_model(name, download=download, progress=progress), quantize)
         return cls(folder, threads)
 
+    @classmethod
+    def cached(cls, name: str, backend: str = "auto", device: str = "cpu", threads: int | None = None
+               ) -> "OnnxPredictor | None":
+        """An OnnxPredictor on the cached graphs of ``load_model(name)`` when ``Predictor(load_model(name,
+        device=device), backend=backend)`` would run those graphs (an onnx backend on the CPU; ``"auto"`` as
+        :func:`anymask.runtime.resolve_backend` decides it) and an earlier run cached them; else None. Imports no
+        torch. For programs that run a catalogued model as it is (no ``checkpoint=``): ``anymask segment`` and
+        ``anymask batch embed|boxes`` use it to start without torch.
+        """
+        import importlib.util
+
+        from .runtime import BACKEND_ENV, find_named_graphs
+
+        if str(device) != "cpu":
+            return None
+        if backend == "auto":
+            backend = os.environ.get(BACKEND_ENV, "").strip() or "auto"
+        if backend == "auto" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+            backend = "onnx"
+        if backend not in ("onnx", "onnx-int8"):
+            return None
+        folder = find_named_graphs(name, "int8" if backend == "onnx-int8" else None)
+        return None if folder is None else cls(folder, threads)
+
     # ---------------------------------------------------------------------------------------------------
     # Image
     # ---------------------------------------------------------------------------------------------------
