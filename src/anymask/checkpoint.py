@@ -127,7 +127,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
     return obj
 
 
-_SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) (\d+)")
+_SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)$")
 
 
 def mapped_unwritten(path: str | os.PathLike, tensors: Any) -> bool:
@@ -140,6 +140,7 @@ def mapped_unwritten(path: str | os.PathLike, tensors: Any) -> bool:
     """
     try:
         info = os.stat(path)
+        real = os.path.realpath(path)
         with open("/proc/self/smaps") as smaps:
             text = smaps.read()
     except OSError:
@@ -149,8 +150,9 @@ def mapped_unwritten(path: str | os.PathLike, tensors: Any) -> bool:
     for line in text.splitlines():
         header = _SMAPS_HEADER.match(line)
         if header:
-            start, end, major, minor, inode = header.groups()
-            same_file = int(inode) == info.st_ino and (int(major, 16), int(minor, 16)) == (
+            start, end, major, minor, inode, name = header.groups()
+            # the device and inode, or the path where they differ from stat()'s (overlay file systems)
+            same_file = name == real or int(inode) == info.st_ino and (int(major, 16), int(minor, 16)) == (
                 os.major(info.st_dev), os.minor(info.st_dev))
             current = [int(start, 16), int(end, 16), 0] if same_file else None
             if current is not None:

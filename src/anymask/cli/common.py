@@ -60,7 +60,6 @@ def load_model_from_args(args: argparse.Namespace, **kwargs: Any) -> Any:
     return load_model(args.model, checkpoint=args.checkpoint, verify=not args.no_verify, **kwargs)
 
 
-
 def cached_onnx_predictor(args: argparse.Namespace) -> Any:
     """:meth:`OnnxPredictor.cached <anymask.onnx_predictor.OnnxPredictor.cached>` for the command's options: an
     OnnxPredictor on the cached graphs of ``--model`` when the options ask for what ``Predictor(load_model(
