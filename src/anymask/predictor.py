@@ -281,7 +281,7 @@ class Predictor:
         prompts = check_prompts(points, labels, box, mask_input, image_size=self.embedding.original_size,
                                 low_res_size=self.low_res_size)
         masks, scores, low_res = self._decode(prompts, multimask, return_logits)
-        masks_np = masks.float().cpu().numpy() if return_logits else masks.cpu().numpy().astype(bool)
+        masks_np = masks.float().cpu().numpy() if return_logits else masks.cpu().numpy().astype(bool, copy=False)
         scores_np, low_np = scores.float().cpu().numpy(), low_res.float().cpu().numpy()
         if not prompts.batched:
             return masks_np[0], scores_np[0], low_np[0]
