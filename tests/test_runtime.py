@@ -144,6 +144,28 @@ def test_sessions_spin_only_while_a_run_lasts(onnx_predictor):
         assert options.get_session_config_entry("session.force_spinning_stop") == "1"
 
 
+def test_a_failed_encode_keeps_the_last_image(mobile_sam, example_image_path, monkeypatch):
+    """set_image drops the last image's decoder inputs before the encoder runs (they pinned blocks of the
+    onnxruntime arena); if the encoder fails they are restored, and prompts decode as before."""
+    import onnxruntime as ort
+
+    predictor = Predictor(mobile_sam, backend="onnx")
+    predictor.set_image(example_image_path)
+    masks, scores, logits = predictor.predict(points=[[256, 200]], labels=[1])
+
+    def failing(*args, **kwargs):
+        raise ort.capi.onnxruntime_pybind11_state.RuntimeException("out of memory")
+
+    monkeypatch.setattr(predictor._runner, "encode", failing)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.RuntimeException):
+        predictor.set_image(np.zeros((300, 400, 3), np.uint8))
+    again = predictor.predict(points=[[256, 200]], labels=[1])
+    np.testing.assert_array_equal(again[0], masks)
+    np.testing.assert_allclose(again[1], scores, atol=1e-6)
+    np.testing.assert_allclose(again[2], logits, atol=1e-5)
+    assert predictor.embedding.original_size == (512, 512)
+
+
 def test_export_rejects_an_old_opset(tmp_path, capsys):
     assert main(["export", "mobile_sam", "-o", str(tmp_path), "--opset", "11"]) != 0
     assert "opset" in capsys.readouterr().err

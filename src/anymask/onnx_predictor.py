@@ -145,6 +145,7 @@ class OnnxPredictor:
         """
         rgb = load_image(image)
         resized = resize_to_input(rgb, self.image_size, self.resize_method)
+        self._prepared = None  # before the encoder runs: see anymask.Predictor.set_image
         features = self._runner.encode(resized)
         self._embedding = ImageEmbedding(features=features, original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
                                          input_size=(int(resized.shape[0]), int(resized.shape[1])),

@@ -190,14 +190,24 @@ class Predictor:
         """
         rgb = load_image(image)
         pad = self.pad_to_square if pad_to_square is None else bool(pad_to_square)
-        if self._runner is not None:
-            resized = self.resize(rgb)
-            input_size = (int(resized.shape[0]), int(resized.shape[1]))
-            multiple = None if self.pad_multiple == self.encoder_stride else self.pad_multiple
-            features = torch.from_numpy(self._runner.encode(resized, pad_to_square=pad, pad_multiple=multiple))
-        else:
-            x, input_size = self.preprocess(rgb, pad)
-            features = self.model.image_encoder(x)
+        # The last image's decoder inputs are dropped before the encoder runs (a failure restores them from the
+        # embedding). With the onnx backend they are views of blocks of onnxruntime's arena (the features, and
+        # the prepared image side, ~24 MB for MobileSAM): kept, they sat among the encoder's activations and the
+        # arena grew around them (the speed benchmark's session: peak RSS 516 -> 463 MB with ARENA_FIRST_REGION).
+        self._prepared = self._features = None
+        try:
+            if self._runner is not None:
+                resized = self.resize(rgb)
+                input_size = (int(resized.shape[0]), int(resized.shape[1]))
+                multiple = None if self.pad_multiple == self.encoder_stride else self.pad_multiple
+                features = torch.from_numpy(self._runner.encode(resized, pad_to_square=pad, pad_multiple=multiple))
+            else:
+                x, input_size = self.preprocess(rgb, pad)
+                features = self.model.image_encoder(x)
+        except BaseException:
+            if self._embedding is not None:
+                self._features = self._features_of(self._embedding)
+            raise
         embedding = ImageEmbedding(
             features=features.float().cpu().numpy().copy(),
             original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
@@ -228,9 +238,13 @@ class Predictor:
             problem = f"input_size {embedding.input_size}, expected {expected_input} for {embedding.original_size}"
         if problem:
             raise ModelError(f"embedding does not fit this predictor: {problem}")
-        dtype = next(self.model.parameters()).dtype
         self._embedding, self._prepared = embedding, None
-        self._features = torch.tensor(np.asarray(embedding.features), dtype=dtype, device=self.device)
+        self._features = self._features_of(embedding)
+
+    def _features_of(self, embedding: ImageEmbedding) -> torch.Tensor:
+        """The embedding's features as the decoder takes them (the model's dtype and device; a copy)."""
+        dtype = next(self.model.parameters()).dtype
+        return torch.tensor(np.asarray(embedding.features), dtype=dtype, device=self.device)
 
     @property
     def embedding(self) -> ImageEmbedding:

@@ -120,6 +120,11 @@ def resolve_backend(backend: str | None, model: Sam) -> str:
 
 
 _SHARED_ARENA: list[bool] = []
+#: the shared arena's first region, in bytes. onnxruntime's default starts the arena at 1 MB and doubles each new
+#: region (1, 2, 4, ... 64 MB), and its allocator merges free blocks only within a region: the MobileSAM encoder's
+#: run (about 70 MB live at its peak) left ~115 MB of the arena resident. A first region large enough for the whole
+#: run serves it with less fragmentation (pages never used are never resident). See docs/speed.md, "Session 11".
+ARENA_FIRST_REGION_BYTES = 128 << 20
 
 
 def _register_shared_arena() -> bool:
@@ -136,7 +141,8 @@ def _register_shared_arena() -> bool:
     if not _SHARED_ARENA:
         try:
             info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            # max_mem (0: no limit), extend strategy (-1: default, next power of two), first region, max dead bytes
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, ARENA_FIRST_REGION_BYTES, -1))
             _SHARED_ARENA.append(True)
         except Exception as exc:  # noqa: BLE001 - any refusal: fall back to per-session arenas
             logger.warning("no shared onnxruntime arena: %s", exc)
