@@ -461,7 +461,9 @@ class Predictor:
             grid=upscale_grid,
         )
         selected = slice(1, None) if multimask else slice(0, 1)
-        return torch.from_numpy(low_res[:, selected]), torch.from_numpy(iou[:, selected])
+        # copies: onnxruntime's outputs are views of its arena, and a kept view pins its block there (the other
+        # chunks of a batch, the logits a caller keeps for its next click) while later runs grow the arena around it
+        return torch.from_numpy(np.array(low_res[:, selected])), torch.from_numpy(np.array(iou[:, selected]))
 
     @torch.inference_mode()
     def _decode(self, prompts: Prompts, multimask: bool, return_logits: bool):
