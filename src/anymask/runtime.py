@@ -131,10 +131,10 @@ def _register_shared_arena() -> bool:
     """Register (once per process) the onnxruntime CPU arena that every session of anymask's runners shares.
 
     With one arena per session, each session keeps its own high-water mark: after ``set_image`` the encoder's
-    arena holds its activations (about 110 MB for MobileSAM at 1024 x 1024) while the decoders grow theirs
-    beside it (one click +43 MB). Shared, the decoders reuse the encoder's free blocks: a click adds nothing
-    (measured: session peak 580 -> 538 MB with the CPU build of torch). Returns False where onnxruntime
-    refuses (the sessions then keep their own arenas).
+    arena holds its activations (about 110 MB for MobileSAM at 1024 x 1024; ~85 MB since the arena starts with
+    :data:`ARENA_FIRST_REGION_BYTES`) while the decoders grow theirs beside it (one click +43 MB). Shared, the
+    decoders reuse the encoder's free blocks: a click adds nothing (measured: session peak 580 -> 538 MB with the
+    CPU build of torch). Returns False where onnxruntime refuses (the sessions then keep their own arenas).
     """
     import onnxruntime as ort
 
