@@ -193,7 +193,7 @@ class Predictor:
         # The last image's decoder inputs are dropped before the encoder runs (a failure restores them from the
         # embedding). With the onnx backend they are views of blocks of onnxruntime's arena (the features, and
         # the prepared image side, ~24 MB for MobileSAM): kept, they sat among the encoder's activations and the
-        # arena grew around them (the speed benchmark's session: peak RSS 516 -> 463 MB with ARENA_FIRST_REGION).
+        # arena grew around them (the speed benchmark's session: peak RSS about 12 MB lower for each of the two).
         self._prepared = self._features = None
         try:
             if self._runner is not None:
@@ -204,17 +204,17 @@ class Predictor:
             else:
                 x, input_size = self.preprocess(rgb, pad)
                 features = self.model.image_encoder(x)
+            embedding = ImageEmbedding(
+                features=features.float().cpu().numpy().copy(),
+                original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+                input_size=input_size,
+                model=self.spec.name,
+            )
         except BaseException:
             if self._embedding is not None:
                 self._features = self._features_of(self._embedding)
             raise
-        embedding = ImageEmbedding(
-            features=features.float().cpu().numpy().copy(),
-            original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
-            input_size=input_size,
-            model=self.spec.name,
-        )
-        self._embedding, self._features, self._prepared = embedding, features, None
+        self._embedding, self._features = embedding, features
         return embedding
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
