@@ -263,3 +263,29 @@ def test_batch_embed_and_boxes_workers_run_the_cached_graphs(both, mobile_sam_ch
     cached, loaded = (json.loads(outputs["boxes", way].read_text())["annotations"] for way in ("cached", "torch model"))
     assert len(cached) == 2 and cached == loaded  # the same RLE masks, scores and boxes
     assert ImageWorker(TaskSpec("embed", backend="torch"), tmp_path / "t").predictor.backend == "torch"
+
+
+def test_a_read_only_cache_still_gives_its_graphs(mobile_sam, tmp_path: Path, monkeypatch) -> None:
+    from anymask import fileio
+    from anymask.errors import OutputError
+    from anymask.export import DEFAULT_OPSET
+    from anymask.runtime import RUNTIME_FILES, build_graphs, find_named_graphs, graphs_dir, weights_digest
+
+    monkeypatch.setenv("ANYMASK_HOME", str(tmp_path))
+    folder = graphs_dir(mobile_sam, None, DEFAULT_OPSET, weights_digest(mobile_sam))
+    folder.mkdir(parents=True)
+    for name in RUNTIME_FILES:  # graphs cached by an earlier version, without model.json
+        (folder / name).write_bytes(b"")
+
+    def refuse(path, text):
+        raise OutputError(f"cannot write {path}: read-only file system")
+
+    monkeypatch.setattr(fileio, "atomic_write_text", refuse)
+    assert build_graphs(mobile_sam) == folder  # no model.json and no record written, no error
+    assert find_named_graphs("mobile_sam") is None
+    monkeypatch.undo()
+    monkeypatch.setenv("ANYMASK_HOME", str(tmp_path))
+    (folder / "model.json").write_text("{}")
+    monkeypatch.setattr(fileio, "atomic_write_text", refuse)
+    assert build_graphs(mobile_sam) == folder  # the record alone cannot be written
+    assert find_named_graphs("mobile_sam") is None

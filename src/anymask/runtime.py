@@ -314,9 +314,12 @@ def _record_named_graphs(model: Sam, folder: Path, quantize: str | None, opset: 
     if not unchanged:
         logger.debug("not recording %s's graphs: the weights differ from the checkpoint's", spec.name)
         return
-    records[0].parent.mkdir(parents=True, exist_ok=True)
-    for record in records:
-        atomic_write_text(record, folder.name + "\n")
+    try:
+        records[0].parent.mkdir(parents=True, exist_ok=True)
+        for record in records:
+            atomic_write_text(record, folder.name + "\n")
+    except OSError as exc:  # a read-only cache: the graphs still run, found through the model
+        logger.debug("not recording %s's graphs: %s", spec.name, exc)
 
 
 def _read_text(path: Path) -> str | None:
@@ -338,7 +341,11 @@ def build_graphs(model: Sam, quantize: str | None = None, opset: int | None = No
     if not all((folder / name).is_file() for name in RUNTIME_FILES):
         _export_graphs(model, folder, quantize, opset)
     if not (folder / MODEL_JSON).is_file():
-        atomic_write_text(folder / MODEL_JSON, json.dumps(describe(model, quantize, opset), indent=2) + "\n")
+        try:
+            atomic_write_text(folder / MODEL_JSON, json.dumps(describe(model, quantize, opset), indent=2) + "\n")
+        except OSError as exc:  # a read-only cache of graphs from an earlier version: they run without it
+            logger.debug("no %s in %s: %s", MODEL_JSON, folder, exc)
+            return folder
     _record_named_graphs(model, folder, quantize, opset, digest)
     return folder
 
