@@ -243,10 +243,11 @@ NAMED_GRAPHS_DIR = "by-name"
 MODEL_JSON = "model.json"
 
 
-def _named_graphs_record(name: str, quantize: str | None) -> Path:
-    """Where the cache folder of ``load_model(name)``'s graphs is recorded. The key holds what the graphs depend
-    on and can be known without importing torch: the name, the versions of anymask, torch (from its package
-    metadata) and onnxruntime, the weights catalogue, the graph sources and revision, and ``quantize``."""
+def _named_graphs_records(names: list[str], quantize: str | None) -> list[Path]:
+    """Where the cache folder of ``load_model(name)``'s graphs is recorded, for each of ``names``. The key holds
+    what the graphs depend on and can be known without importing torch: the name, the versions of anymask, torch
+    (from its package metadata) and onnxruntime, the weights catalogue, the graph sources and revision, and
+    ``quantize`` (all but the name read once for the list)."""
     from importlib import metadata
 
     try:
@@ -258,11 +259,13 @@ def _named_graphs_record(name: str, quantize: str | None) -> Path:
     except metadata.PackageNotFoundError:
         ort_version = "none"
     catalogue = importlib.resources.files("anymask").joinpath("catalog", "weights.json").read_bytes()
-    name = str(name).strip().lower()
-    parts = [name, __version__, torch_version, ort_version, hashlib.sha256(catalogue).hexdigest(), str(quantize),
-             GRAPHS_REVISION, graph_sources_digest()]
-    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-    return weights.anymask_home() / "onnx" / NAMED_GRAPHS_DIR / f"{name}-{quantize or 'fp32'}-{key}"
+    shared = [__version__, torch_version, ort_version, hashlib.sha256(catalogue).hexdigest(), str(quantize),
+              GRAPHS_REVISION, graph_sources_digest()]
+    records = []
+    for name in (str(n).strip().lower() for n in names):
+        key = hashlib.sha256("|".join([name, *shared]).encode()).hexdigest()[:16]
+        records.append(weights.anymask_home() / "onnx" / NAMED_GRAPHS_DIR / f"{name}-{quantize or 'fp32'}-{key}")
+    return records
 
 
 def find_named_graphs(name: str, quantize: str | None = None) -> Path | None:
@@ -275,7 +278,7 @@ def find_named_graphs(name: str, quantize: str | None = None) -> Path | None:
     """
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", str(name).strip().lower()):
         return None  # no model has such a name; and none reads a record outside the folder
-    record = _named_graphs_record(name, quantize)
+    record = _named_graphs_records([name], quantize)[0]
     try:
         folder_name = record.read_text().strip()
     except OSError:
@@ -300,7 +303,7 @@ def _record_named_graphs(model: Sam, folder: Path, quantize: str | None, opset: 
     if not isinstance(loaded, dict) or opset != DEFAULT_OPSET or loaded.get("build") != graph_build_options(model):
         return
     spec = model.spec
-    records = [_named_graphs_record(name, quantize) for name in (spec.name, *spec.aliases)]
+    records = _named_graphs_records([spec.name, *spec.aliases], quantize)
     if all(_read_text(record) == folder.name for record in records):
         return
     from .checkpoint import load_state_dict
